@@ -1,0 +1,1 @@
+"""Data for jamflow_jax: shard format, input pipeline, corpora."""

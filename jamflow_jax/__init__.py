@@ -1,0 +1,1 @@
+"""jamflow_jax: JAM-Flow (joint audio-motion flow matching) in JAX/Flax NNX."""

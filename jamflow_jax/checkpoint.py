@@ -1,0 +1,53 @@
+"""Orbax checkpoints of the train state, the data iterator's state and the config.
+
+Layout: DIR/checkpoints/<step>/{state, data, config}. Saves are asynchronous; restoring takes
+abstract targets that carry the *current* shardings, so a run can resume on a different mesh.
+"""
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.config_json = json.loads(config.to_json_best_effort())
+    self.every_steps = int(config.checkpoint.every_steps)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=config.checkpoint.max_to_keep, enable_async_checkpointing=config.checkpoint.async_save, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data", "config"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, data_state: dict | None, *, force: bool = False) -> bool:
+    """Saves when `step` is a multiple of checkpoint.every_steps (or `force`); returns whether it did."""
+    if not force and step % self.every_steps:
+      return False
+    args = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(self.config_json)}
+    if data_state is not None:
+      args["data"] = ocp.args.JsonSave(data_state)
+    return self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict | None] | None:
+    """Restores `step` (default latest) onto the shardings of `abstract_state`; None if none saved."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    saved = self.manager.item_metadata(step)
+    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    if saved.get("data") is not None:
+      args["data"] = ocp.args.JsonRestore()
+    restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+    return restored["state"], restored.get("data")
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()

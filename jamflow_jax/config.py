@@ -1,0 +1,95 @@
+"""Config checks and the quantities derived from a config (frame rates, lengths).
+
+`validate` runs before anything is compiled, so a bad config costs one clear line, not a trace
+from deep inside XLA.
+"""
+
+import math
+
+import ml_collections
+
+TASKS = ("joint", "tts", "a2m", "m2a")
+ATTENTION_IMPLS = ("xla",)
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message names the offending key."""
+
+
+def mel_fps(config: ml_collections.ConfigDict) -> float:
+  return config.data.sample_rate / config.data.hop_length
+
+
+def motion_frames(config: ml_collections.ConfigDict, mel_frames: int) -> int:
+  """T_m = ceil(T_a * motion_fps / mel_fps) (DESIGN data contract)."""
+  return math.ceil(mel_frames * config.data.motion_fps / mel_fps(config) - 1e-9)
+
+
+def joint_window_frames(config: ml_collections.ConfigDict) -> float:
+  """The local cross-modal window in mel frames (the unit of the shared RoPE clock)."""
+  return config.model.joint_window_s * mel_fps(config)
+
+
+def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
+  """Resolves the one -1 in `mesh.shape` so that the product is `num_devices`."""
+  shape = tuple(int(s) for s in config.mesh.shape)
+  if len(shape) != len(config.mesh.axes):
+    raise ConfigError(f"mesh.shape {shape} and mesh.axes {tuple(config.mesh.axes)} differ in length")
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ConfigError(f"mesh.shape {shape}: sizes must be positive, with at most one -1")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise ConfigError(f"mesh.shape {shape} does not divide the {num_devices} devices")
+    shape = tuple(num_devices // known if s == -1 else s for s in shape)
+  if math.prod(shape) != num_devices:
+    raise ConfigError(f"mesh.shape {shape} needs {math.prod(shape)} devices but {num_devices} are present")
+  return shape
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ConfigError (one line, naming the key) for a config that cannot run."""
+  m, d, f = config.model, config.data, config.flow
+  if not 0 <= min(m.joint_layers, default=0) or max(m.joint_layers, default=-1) >= m.depth:
+    raise ConfigError(f"model.joint_layers {tuple(m.joint_layers)} out of range for model.depth={m.depth}"
+                      f" (valid layers are 0..{m.depth - 1})")
+  if len(set(m.joint_layers)) != len(m.joint_layers):
+    raise ConfigError(f"model.joint_layers {tuple(m.joint_layers)} lists a layer twice")
+  if m.attention_impl not in ATTENTION_IMPLS:
+    raise ConfigError(f"model.attention_impl={m.attention_impl!r}; available: {', '.join(ATTENTION_IMPLS)}")
+  if m.dtype not in DTYPES:
+    raise ConfigError(f"model.dtype={m.dtype!r}; choose one of {', '.join(DTYPES)}")
+  for name in ("audio_width", "motion_width"):
+    if m[name] % m.conv_pos_groups:
+      raise ConfigError(f"model.{name}={m[name]} is not divisible by model.conv_pos_groups={m.conv_pos_groups}")
+  if m.head_dim % 2:
+    raise ConfigError(f"model.head_dim={m.head_dim} must be even (RoPE rotates pairs)")
+  if m.joint_window_s < 0:
+    raise ConfigError(f"model.joint_window_s={m.joint_window_s} must be >= 0")
+  if d.sample_rate <= 0 or d.hop_length <= 0 or d.motion_fps <= 0:
+    raise ConfigError(f"data.sample_rate={d.sample_rate}, data.hop_length={d.hop_length} and "
+                      f"data.motion_fps={d.motion_fps} must all be positive")
+  if d.motion_fps > mel_fps(config):
+    raise ConfigError(f"inconsistent frame rates: data.motion_fps={d.motion_fps} exceeds the mel frame "
+                      f"rate data.sample_rate/data.hop_length={mel_fps(config):g}")
+  if d.max_mel_frames < 1:
+    raise ConfigError(f"data.max_mel_frames={d.max_mel_frames} must be positive")
+  unknown = set(f.task_mix) - set(TASKS)
+  if unknown or any(w < 0 for w in f.task_mix.values()) or sum(f.task_mix.values()) <= 0:
+    raise ConfigError(f"flow.task_mix {dict(f.task_mix)}: tasks are {', '.join(TASKS)} with "
+                      "non-negative weights, not all zero")
+  if not 0 < f.span_min <= f.span_max <= 1:
+    raise ConfigError(f"flow.span_min={f.span_min}, flow.span_max={f.span_max}: need 0 < min <= max <= 1")
+  if f.time_sampling not in ("uniform", "logit_normal"):
+    raise ConfigError(f"flow.time_sampling={f.time_sampling!r}; choose uniform or logit_normal")
+  if config.optim.schedule not in ("linear", "cosine", "constant"):
+    raise ConfigError(f"optim.schedule={config.optim.schedule!r}; choose linear, cosine or constant")
+  shape = mesh_shape(config, num_devices)
+  batch_shards = math.prod(s for s, a in zip(shape, config.mesh.axes) if a in ("data", "fsdp"))
+  if config.train.batch_size % batch_shards:
+    raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the "
+                      f"{batch_shards} batch shards of mesh {dict(zip(config.mesh.axes, shape))}")
+  if d.source not in ("", "synthetic"):
+    raise ConfigError(f"data.source={d.source!r}; leave it empty (data.path or the built-in corpus) "
+                      "or set 'synthetic'")

@@ -1,0 +1,60 @@
+"""Training metrics: averaging over a logging interval, TensorBoard event files, a console bar.
+
+TensorBoard events are written with tensorboardX (no TensorFlow). Per-task losses arrive from the
+step as frame-weighted sums and counts (`sum/<modality>/<task>`, `count/...`), so the interval
+average is exact however the tasks fell in each batch.
+"""
+
+import collections
+import os
+
+import jax
+import numpy as np
+import tqdm
+from absl import logging
+from tensorboardX import SummaryWriter
+
+
+def reduce_interval(step_metrics: list[dict]) -> dict[str, float]:
+  """Host-side metrics from a list of per-step dicts: means, and per-task losses from sums/counts."""
+  totals: dict[str, float] = collections.defaultdict(float)
+  for metrics in jax.device_get(step_metrics):
+    for k, v in metrics.items():
+      totals[k] += float(v)
+  out = {k: v / len(step_metrics) for k, v in totals.items() if not k.startswith(("sum/", "count/"))}
+  for k, v in totals.items():
+    if k.startswith("sum/"):
+      count = totals["count/" + k[4:]]
+      if count > 0:
+        out["loss/" + k[4:]] = v / count
+  return out
+
+
+class MetricsLogger:
+  """Writes scalars to DIR/tensorboard and a progress bar to the console (process 0 only)."""
+
+  def __init__(self, workdir: str, total_steps: int, initial_step: int):
+    self.active = jax.process_index() == 0
+    self.writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if self.active else None
+    self.bar = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
+                         disable=not self.active, mininterval=1.0)
+
+  def advance(self, n: int = 1) -> None:
+    self.bar.update(n)
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    if not self.active:
+      return
+    for k, v in scalars.items():
+      if np.isfinite(v):
+        self.writer.add_scalar(k, v, step)
+    self.writer.flush()
+    shown = {k: scalars[k] for k in ("loss", "loss/audio", "loss/motion", "grad_norm", "steps_per_s")
+             if k in scalars}
+    self.bar.set_postfix({k.replace("loss/", ""): f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+    logging.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in sorted(scalars.items())))
+
+  def close(self) -> None:
+    if self.active:
+      self.writer.close()
+    self.bar.close()

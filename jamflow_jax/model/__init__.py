@@ -1,0 +1,38 @@
+"""The JAM-Flow model, and its parameter tree without allocating it."""
+
+import jax
+import ml_collections
+from flax import nnx
+
+from jamflow_jax.model.jamflow import FlowInputs, JamFlow
+from jamflow_jax.sharding import make_mesh, use_mesh
+
+
+def create(config: ml_collections.ConfigDict, seed: int = 0) -> JamFlow:
+  """Builds the model eagerly (call under `sharding.use_mesh`)."""
+  return JamFlow(config, rngs=nnx.Rngs(seed))
+
+
+def abstract_params(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
+  """The parameter tree as ShapeDtypeStructs (nothing allocated), sharded for `mesh`.
+
+  Without a mesh a single-device mesh is used, which is enough for counting and planning.
+  """
+  if mesh is None:
+    single = config.copy_and_resolve_references()
+    single.mesh.shape = tuple(1 for _ in config.mesh.axes)
+    mesh = make_mesh(single, jax.devices()[:1])
+  with use_mesh(mesh, config):
+    model = nnx.eval_shape(lambda: create(config))
+    params = nnx.state(model, nnx.Param)
+    specs = nnx.get_partition_spec(params)
+  return jax.tree.map(
+      lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=jax.sharding.NamedSharding(mesh, s)),
+      params.to_pure_dict(), specs.to_pure_dict())
+
+
+def count_params(tree) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+__all__ = ["FlowInputs", "JamFlow", "create", "abstract_params", "count_params"]

@@ -1,0 +1,97 @@
+"""DiT layers of the two streams and their selective joint attention (SD3 / Flux double-stream).
+
+Each layer index holds one block per stream. A block keeps its own adaLN-zero modulation, QKV,
+qk-norm, output projection and MLP. In a joint layer the two streams' Q, K, V are concatenated over
+the sequence axis and one attention call under the local joint mask serves both; elsewhere each
+stream attends within itself.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from jamflow_jax.model.attention import joint_attention
+from jamflow_jax.model.layers import AdaLNModulation, FeedForward, _init, layer_norm, modulate
+from jamflow_jax.model.rope import apply_rope
+from jamflow_jax.sharding import constrain
+
+
+@struct.dataclass
+class Tokens:
+  """What the local joint mask and RoPE need to know of one stream's tokens."""
+  mod: jax.Array      # int32 [B, L] modality id
+  time: jax.Array     # float32 [B, L] position on the shared clock (mel frames)
+  valid: jax.Array    # bool [B, L]
+  angles: jax.Array   # float32 [B, L, head_dim // 2] RoPE angles of `time`
+
+  @staticmethod
+  def concat(a: "Tokens", b: "Tokens") -> "Tokens":
+    return jax.tree.map(lambda x, y: jnp.concatenate([x, y], axis=1), a, b)
+
+
+def attend(q, k, v, qt: Tokens, kt: Tokens, window: float, impl: str) -> jax.Array:
+  return joint_attention(q, k, v, q_mod=qt.mod, kv_mod=kt.mod, q_time=qt.time, kv_time=kt.time,
+                         q_valid=qt.valid, kv_valid=kt.valid, window=window, impl=impl)
+
+
+class StreamBlock(nnx.Module):
+  """One stream's half of a layer: x [B, L, width], conditioned on temb [B, width]."""
+
+  def __init__(self, width: int, heads: int, head_dim: int, ff_mult: int, qk_norm: bool, *,
+               rngs: nnx.Rngs, dtype):
+    proj = lambda: nnx.Einsum("bld,dhk->blhk", (width, heads, head_dim), (heads, head_dim),
+                              dtype=dtype, rngs=rngs,
+                              kernel_init=_init(("embed", "heads", "head_dim"), nnx.initializers.xavier_uniform()),
+                              bias_init=_init(("heads", "head_dim"), nnx.initializers.zeros_init()))
+    self.modulation = AdaLNModulation(width, 6, rngs=rngs, dtype=dtype)
+    self.norm_attn = layer_norm(width, rngs=rngs, dtype=dtype, affine=False)
+    self.q, self.k, self.v = proj(), proj(), proj()
+    norm = lambda: nnx.RMSNorm(head_dim, epsilon=1e-6, dtype=dtype, rngs=rngs,
+                               scale_init=_init(("head_dim",), nnx.initializers.ones_init()))
+    self.q_norm, self.k_norm = (norm(), norm()) if qk_norm else (None, None)
+    self.out = nnx.Einsum("blhk,hkd->bld", (heads, head_dim, width), (width,), dtype=dtype, rngs=rngs,
+                          kernel_init=_init(("heads", "head_dim", "embed"), nnx.initializers.xavier_uniform()),
+                          bias_init=_init(("embed",), nnx.initializers.zeros_init()))
+    self.norm_ff = layer_norm(width, rngs=rngs, dtype=dtype, affine=False)
+    self.ff = FeedForward(width, ff_mult, rngs=rngs, dtype=dtype)
+
+  def qkv(self, x: jax.Array, temb: jax.Array, tokens: Tokens):
+    """-> q, k, v [B, L, H, Dh] (rotated), and the modulation kept for `finish`."""
+    shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = self.modulation(temb)
+    h = modulate(self.norm_attn(x), shift_a, scale_a)
+    q, k, v = self.q(h), self.k(h), self.v(h)
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q, k = apply_rope(q, tokens.angles), apply_rope(k, tokens.angles)
+    q, k, v = (constrain(a, ("batch", "length", "act_heads", None)) for a in (q, k, v))
+    return q, k, v, (gate_a, shift_f, scale_f, gate_f)
+
+  def finish(self, x: jax.Array, attn: jax.Array, mods) -> jax.Array:
+    gate_a, shift_f, scale_f, gate_f = mods
+    x = x + gate_a * self.out(attn)
+    x = x + gate_f * self.ff(modulate(self.norm_ff(x), shift_f, scale_f))
+    return constrain(x, ("batch", "length", "act_embed"))
+
+
+class DualLayer(nnx.Module):
+  """Layer i of both streams; `joint` selects one attention over the concatenation."""
+
+  def __init__(self, audio_width: int, motion_width: int, heads: int, head_dim: int, ff_mult: int,
+               qk_norm: bool, joint: bool, *, rngs: nnx.Rngs, dtype):
+    self.joint = joint
+    self.audio = StreamBlock(audio_width, heads, head_dim, ff_mult, qk_norm, rngs=rngs, dtype=dtype)
+    self.motion = StreamBlock(motion_width, heads, head_dim, ff_mult, qk_norm, rngs=rngs, dtype=dtype)
+
+  def __call__(self, xa, xm, temb_a, temb_m, ta: Tokens, tm: Tokens, window: float, impl: str):
+    """xa [B, La, Wa], xm [B, Lm, Wm] -> updated (xa, xm)."""
+    qa, ka, va, mods_a = self.audio.qkv(xa, temb_a, ta)
+    qm, km, vm, mods_m = self.motion.qkv(xm, temb_m, tm)
+    if self.joint:
+      cat = lambda a, b: jnp.concatenate([a, b], axis=1)
+      both = Tokens.concat(ta, tm)
+      o = attend(cat(qa, qm), cat(ka, km), cat(va, vm), both, both, window, impl)
+      oa, om = o[:, : xa.shape[1]], o[:, xa.shape[1]:]
+    else:
+      oa = attend(qa, ka, va, ta, ta, window, impl)
+      om = attend(qm, km, vm, tm, tm, window, impl)
+    return self.audio.finish(xa, oa, mods_a), self.motion.finish(xm, om, mods_m)

@@ -1,0 +1,68 @@
+"""F5-TTS text encoder: filler-padded ids -> embedding + sinusoidal positions -> ConvNeXtV2 blocks.
+
+The transcript ids are padded with the filler id (0) to the mel length, so text and audio are
+aligned frame for frame only by what the model learns, as in F5-TTS.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jamflow_jax.model.layers import _init, layer_norm, linear
+
+FILLER_ID = 0
+
+
+class GRN(nnx.Module):
+  """Global response normalisation over time (ConvNeXt-V2)."""
+
+  def __init__(self, dim: int):
+    self.gamma = nnx.Param(jnp.zeros((dim,)), out_sharding=("mlp",))
+    self.beta = nnx.Param(jnp.zeros((dim,)), out_sharding=("mlp",))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    gx = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=1, keepdims=True))
+    nx = gx / (jnp.mean(gx, axis=-1, keepdims=True) + 1e-6)
+    return (self.gamma[...] * (x * nx) + self.beta[...] + x).astype(x.dtype)
+
+
+class ConvNeXtV2Block(nnx.Module):
+  def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype, kernel: int = 7):
+    self.dwconv = nnx.Conv(dim, dim, kernel_size=(kernel,), feature_group_count=dim, padding="SAME",
+                           dtype=dtype, rngs=rngs,
+                           kernel_init=_init((None, None, "embed"), nnx.initializers.lecun_normal()),
+                           bias_init=_init(("embed",), nnx.initializers.zeros_init()))
+    self.norm = layer_norm(dim, rngs=rngs, dtype=dtype, affine=True)
+    self.pw1 = linear(dim, 2 * dim, ("embed", "mlp"), rngs=rngs, dtype=dtype)
+    self.grn = GRN(2 * dim)
+    self.pw2 = linear(2 * dim, dim, ("mlp", "embed"), rngs=rngs, dtype=dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = self.norm(self.dwconv(x))
+    h = self.pw2(self.grn(nnx.gelu(self.pw1(h), approximate=False)))
+    return x + h
+
+
+class TextEncoder(nnx.Module):
+  """ids int32 [B, T] (filler-padded to the mel length) -> [B, T, text_dim]."""
+
+  def __init__(self, vocab_size: int, dim: int, num_blocks: int, *, rngs: nnx.Rngs, dtype):
+    self.dim = dim
+    self.embed = nnx.Embed(vocab_size, dim, dtype=dtype, rngs=rngs,
+                           embedding_init=_init(("vocab", "embed"), nnx.initializers.normal(1.0)))
+    self.blocks = nnx.List([ConvNeXtV2Block(dim, rngs=rngs, dtype=dtype) for _ in range(num_blocks)])
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    x = self.embed(ids)
+    pos = jnp.arange(ids.shape[1], dtype=jnp.float32)
+    x = x + sinusoidal_positions(pos, self.dim).astype(x.dtype)
+    for block in self.blocks:
+      x = block(x)
+    return x
+
+
+def sinusoidal_positions(pos: jax.Array, dim: int) -> jax.Array:
+  """pos [T] -> [T, dim]: [cos | sin] of pos * 10000^(-2i/dim) (F5's precompute_freqs_cis)."""
+  freqs = 1.0 / 10000.0 ** (jnp.arange(0, dim, 2, dtype=jnp.float32)[: dim // 2] / dim)
+  arg = pos[:, None] * freqs
+  return jnp.concatenate([jnp.cos(arg), jnp.sin(arg)], axis=-1)

@@ -1,0 +1,194 @@
+"""Training: optimizer, train state, the sharded train step, and the loop with checkpoints.
+
+The step is a pure function of (state, batch), jitted with explicit in/out shardings and the
+state donated. The model is rebuilt from its graph definition and a plain parameter dict inside
+the step (functional split/merge), which traces once and keeps the state a plain pytree that
+Orbax, optax and the shardings all handle directly.
+"""
+
+import json
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx, struct
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jamflow_jax import checkpoint as checkpoint_lib
+from jamflow_jax import config as config_lib
+from jamflow_jax import flops, flow, metrics as metrics_lib, model as model_lib, sharding
+
+BATCH_NDIM = {"mel": 3, "mel_valid": 2, "motion": 3, "motion_valid": 2, "text": 2}
+
+
+class TrainState(struct.PyTreeNode):
+  step: jax.Array        # int32 []
+  params: Any            # plain dict of float32 arrays
+  ema_params: Any        # exponential moving average of params
+  opt_state: Any
+  rng: jax.Array         # uint32 [2]; step keys are fold_in(rng, step), so resuming is exact
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  o = config.optim
+  warmup = max(int(o.warmup_steps), 1)
+  decay_steps = max(int(config.train.num_steps) - warmup, 1)
+  end = o.learning_rate * o.end_lr_ratio
+  after = {"constant": optax.constant_schedule(o.learning_rate),
+           "linear": optax.linear_schedule(o.learning_rate, end, decay_steps),
+           "cosine": optax.cosine_decay_schedule(o.learning_rate, decay_steps, alpha=o.end_lr_ratio)}
+  return optax.join_schedules([optax.linear_schedule(0.0, o.learning_rate, warmup), after[o.schedule]],
+                              [warmup])
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with warmup + decay and global-norm clipping; no weight decay on vectors (norms, biases)."""
+  o = config.optim
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  return optax.chain(
+      optax.clip_by_global_norm(o.grad_clip),
+      optax.adamw(learning_rate_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
+                  weight_decay=o.weight_decay, mask=decay_mask))
+
+
+class Trainer:
+  """The model's graph, the state's shardings on `mesh`, and the jitted init and train step."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    self.config, self.mesh = config, mesh
+    self.tx = make_optimizer(config)
+    self.schedule = learning_rate_schedule(config)
+    with self.context():
+      abstract_model = nnx.eval_shape(lambda: model_lib.create(config))
+      self.graphdef, _ = nnx.split(abstract_model, nnx.Param)
+      abstract = jax.eval_shape(self._init, jax.ShapeDtypeStruct((2,), jnp.uint32))
+    param_sh = jax.tree.map(lambda a: a.sharding, model_lib.abstract_params(config, mesh))
+    rep = sharding.replicated(mesh)
+    self.state_shardings = TrainState(
+        step=rep, params=param_sh, ema_params=param_sh, rng=rep,
+        opt_state=optax.tree_map_params(self.tx, lambda _, s: s, abstract.opt_state, param_sh,
+                                        transform_non_params=lambda _: rep))
+    self.abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_shardings)
+    self.batch_shardings = {k: sharding.batch_sharding(mesh, n) for k, n in BATCH_NDIM.items()}
+    self._jit_init = jax.jit(self._init, out_shardings=self.state_shardings)
+    self._jit_step = jax.jit(self._step, in_shardings=(self.state_shardings, self.batch_shardings),
+                             out_shardings=(self.state_shardings, rep), donate_argnums=0)
+
+  def context(self):
+    return sharding.use_mesh(self.mesh, self.config)
+
+  def _init(self, rng: jax.Array) -> TrainState:
+    init_key, state_key = jax.random.split(rng)
+    model = model_lib.JamFlow(self.config, rngs=nnx.Rngs(params=init_key))
+    params = nnx.state(model, nnx.Param).to_pure_dict()
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                      opt_state=self.tx.init(params), rng=state_key)
+
+  def _step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+      return flow.objective(nnx.merge(self.graphdef, params), batch, rng, self.config.flow)
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # EMA with a warm-up of its own, so early averages are not dominated by the initialisation.
+    decay = jnp.minimum(self.config.optim.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    metrics.update(grad_norm=optax.global_norm(grads), lr=self.schedule(state.step))
+    return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
+
+  def init(self, seed: int) -> TrainState:
+    with self.context():
+      return self._jit_init(jax.random.PRNGKey(seed).astype(jnp.uint32))
+
+  def step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+    with self.context():
+      return self._jit_step(state, batch)
+
+  def global_batch(self, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    missing = set(BATCH_NDIM) - set(host_batch)
+    if missing:
+      raise KeyError(f"batch lacks keys {sorted(missing)} of the batch contract {sorted(BATCH_NDIM)}")
+    return sharding.host_batch_to_global({k: host_batch[k] for k in BATCH_NDIM}, self.mesh)
+
+
+def make_source(config: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndarray]]:
+  """The configured batch source (an iterator with get_state/set_state)."""
+  if config.data.source == "synthetic":
+    from data_pipelines.synthetic import SyntheticBatches
+    logging.warning("data.source=synthetic: training on SYNTHETIC batches (not speech, not faces).")
+    return SyntheticBatches(config)
+  raise NotImplementedError(
+      "the shard pipeline (data.path) and the built-in corpus are not part of this build yet; "
+      "run with --config.data.source=synthetic to train on the synthetic batch source")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          source: Iterator[dict[str, np.ndarray]] | None = None) -> dict[int, float]:
+  """Trains to `train.num_steps`, resuming from DIR/checkpoints if present.
+
+  Returns {step: loss} for the steps run in this call (host floats, fetched at logging time).
+  """
+  config_lib.validate(config, jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  mesh = sharding.make_mesh(config)
+  logging.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].device_kind)
+  trainer = Trainer(config, mesh)
+  source = make_source(config) if source is None else source
+  ckpt = checkpoint_lib.Checkpointer(workdir, config)
+  restored = ckpt.restore(trainer.abstract_state)
+  if restored is not None:
+    state, data_state = restored
+    if data_state is not None and hasattr(source, "set_state"):
+      source.set_state(data_state)
+    logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
+  else:
+    state = trainer.init(config.train.seed)
+
+  first = int(state.step)
+  num_steps = int(config.train.num_steps)
+  logger = metrics_lib.MetricsLogger(workdir, num_steps, first)
+  mel_frames = config.data.max_mel_frames
+  motion_frames = config_lib.motion_frames(config, mel_frames)
+  step_flops = flops.train_flops(config, mel_frames, motion_frames) * config.train.batch_size
+  peak = flops.peak_flops_per_device(config) * jax.device_count()
+  history, pending, losses = {}, [], []
+  t_last, n_last, valid_frames = None, first, 0.0
+  for step in range(first + 1, num_steps + 1):
+    host_batch = next(source)
+    valid_frames += float(np.sum(host_batch["mel_valid"])) * jax.process_count()
+    state, step_metrics = trainer.step(state, trainer.global_batch(host_batch))
+    pending.append(step_metrics)
+    losses.append((step, step_metrics["loss"]))
+    logger.advance()
+    if ckpt.save(step, state, source.get_state() if hasattr(source, "get_state") else None,
+                 force=step == num_steps):
+      logging.info("checkpoint at step %d", step)
+    if step % config.train.log_every_steps == 0 or step == num_steps:
+      scalars = metrics_lib.reduce_interval(pending)
+      history.update((s, float(v)) for s, v in jax.device_get(losses))
+      now = time.perf_counter()
+      if t_last is not None:  # the first interval includes compilation: no throughput for it
+        steps_per_s = (step - n_last) / (now - t_last)
+        scalars.update(steps_per_s=steps_per_s, examples_per_s=steps_per_s * config.train.batch_size,
+                       frames_per_s=valid_frames / (now - t_last))
+        if peak:
+          scalars["mfu"] = steps_per_s * step_flops / peak
+      logger.write(step, scalars)
+      pending, losses, t_last, n_last, valid_frames = [], [], now, step, 0.0
+  ckpt.wait()
+  ckpt.close()
+  logger.close()
+  return history
