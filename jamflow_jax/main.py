@@ -49,10 +49,26 @@ def main(argv):
     train.train(config, _WORKDIR.value)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, except that a ConfigError raised while loading the config stays itself."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    # config_flags re-raises the config file's exception wrapped with its traceback; the innermost
+    # ConfigError carries the one-line message.
+    root, cause = None, e.__cause__ or e.__context__
+    while cause is not None:
+      root = cause if isinstance(cause, config_lib.ConfigError) else root
+      cause = cause.__cause__ or cause.__context__
+    if root is None:
+      raise
+    raise root from None
+
+
 def run() -> None:
   flags.mark_flags_as_required(["config", "workdir"])
   try:
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
   except config_lib.ConfigError as e:
     sys.exit(f"config error: {e}")
 

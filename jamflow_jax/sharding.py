@@ -26,6 +26,12 @@ def make_mesh(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] |
                        axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
 
 
+def single_device_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """All mesh axes of size 1 on the first device: for planning, counting and unsharded use."""
+  return jax.make_mesh((1,) * len(config.mesh.axes), tuple(config.mesh.axes), devices=jax.devices()[:1],
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(config.mesh.axes))
+
+
 def logical_rules(config: ml_collections.ConfigDict) -> tuple[tuple[str, Any], ...]:
   return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
                for name, axes in config.sharding.logical_axis_rules)

@@ -87,7 +87,7 @@ class Trainer:
   def _init(self, rng: jax.Array) -> TrainState:
     init_key, state_key = jax.random.split(rng)
     model = model_lib.JamFlow(self.config, rngs=nnx.Rngs(params=init_key))
-    params = nnx.state(model, nnx.Param).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                       opt_state=self.tx.init(params), rng=state_key)
 
@@ -127,7 +127,7 @@ def make_source(config: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndar
     from data_pipelines.synthetic import SyntheticBatches
     logging.warning("data.source=synthetic: training on SYNTHETIC batches (not speech, not faces).")
     return SyntheticBatches(config)
-  raise NotImplementedError(
+  raise config_lib.ConfigError(
       "the shard pipeline (data.path) and the built-in corpus are not part of this build yet; "
       "run with --config.data.source=synthetic to train on the synthetic batch source")
 

@@ -5,7 +5,7 @@ import ml_collections
 from flax import nnx
 
 from jamflow_jax.model.jamflow import FlowInputs, JamFlow
-from jamflow_jax.sharding import make_mesh, use_mesh
+from jamflow_jax import sharding
 
 
 def create(config: ml_collections.ConfigDict, seed: int = 0) -> JamFlow:
@@ -18,17 +18,14 @@ def abstract_params(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh |
 
   Without a mesh a single-device mesh is used, which is enough for counting and planning.
   """
-  if mesh is None:
-    single = config.copy_and_resolve_references()
-    single.mesh.shape = tuple(1 for _ in config.mesh.axes)
-    mesh = make_mesh(single, jax.devices()[:1])
-  with use_mesh(mesh, config):
+  mesh = sharding.single_device_mesh(config) if mesh is None else mesh
+  with sharding.use_mesh(mesh, config):
     model = nnx.eval_shape(lambda: create(config))
     params = nnx.state(model, nnx.Param)
     specs = nnx.get_partition_spec(params)
   return jax.tree.map(
       lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=jax.sharding.NamedSharding(mesh, s)),
-      params.to_pure_dict(), specs.to_pure_dict())
+      nnx.to_pure_dict(params), nnx.to_pure_dict(specs))
 
 
 def count_params(tree) -> int:

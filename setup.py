@@ -1,0 +1,34 @@
+"""jamflow_jax: JAM-Flow (joint speech + facial motion flow matching) in JAX / Flax NNX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="jamflow_jax",
+    version="0.1.0",
+    description="JAM-Flow: joint audio-motion flow matching (MM-DiT) in JAX/Flax, TPU pods to one CPU",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["jamflow_jax", "jamflow_jax.*", "data_pipelines", "data_pipelines.*",
+                                    "configs"]),
+    # Ranges tested on Python 3.11 (CPU: jax 0.10.2; GPU machines carry jax 0.11.x).
+    install_requires=[
+        "jax>=0.10.2,<0.12",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "grain>=0.2.18,<0.3",
+        "array-record>=0.8.6,<0.9",
+        "tensorflow-datasets>=4.9.10,<4.10",
+        "importlib_resources>=6",
+        "ml-collections>=1.1,<2",
+        "einops>=0.8,<0.9",
+        "absl-py>=2.1,<3",
+        "numpy>=2.0,<3",
+        "tensorboardX>=2.6,<3",
+        "tqdm>=4.66,<5",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10"],
+    },
+)

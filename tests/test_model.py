@@ -1,0 +1,69 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs.base import get_config
+from jamflow_jax import model as model_lib, sharding
+from jamflow_jax.config import motion_frames
+
+
+def _inputs(config, batch=2, abstract=False):
+  ta = config.data.max_mel_frames
+  tm = motion_frames(config, ta)
+  m = config.model
+  shapes = dict(audio_xt=((batch, ta, m.mel_dim), jnp.float32), audio_cond=((batch, ta, m.mel_dim), jnp.float32),
+                text=((batch, ta), jnp.int32), audio_valid=((batch, ta), jnp.bool_),
+                motion_xt=((batch, tm, m.motion_dim), jnp.float32),
+                motion_cond=((batch, tm, m.motion_dim), jnp.float32), motion_valid=((batch, tm), jnp.bool_),
+                t=((batch,), jnp.float32))
+  if abstract:
+    return model_lib.FlowInputs(**{k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()})
+  rng = np.random.default_rng(0)
+  arrays = {k: (rng.normal(size=s) if d == jnp.float32 else rng.integers(0, 2, size=s)).astype(d)
+            for k, (s, d) in shapes.items()}
+  arrays["t"] = np.array([0.3, 0.8], np.float32)
+  return model_lib.FlowInputs(**{k: jnp.asarray(v) for k, v in arrays.items()})
+
+
+def _single_device_context(config):
+  return sharding.use_mesh(sharding.single_device_mesh(config), config)
+
+
+@pytest.mark.parametrize("preset, dtype", [("tiny", "float32"), ("tiny", "bfloat16"), ("demo", "float32")])
+def test_forward_shapes_and_dtypes(preset, dtype):
+  config = get_config(preset)
+  config.model.dtype = dtype
+  x = _inputs(config)
+  with _single_device_context(config):
+    model = model_lib.create(config)
+    va, vm = nnx.jit(lambda m, x: m(x))(model, x)
+  assert va.shape == x.audio_xt.shape and vm.shape == x.motion_xt.shape
+  assert va.dtype == vm.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(va))) and bool(jnp.all(jnp.isfinite(vm)))
+  params = nnx.state(model, nnx.Param)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+
+
+def test_base_preset_by_eval_shape():
+  config = get_config("base")
+  params = model_lib.abstract_params(config)
+  n = model_lib.count_params(params)
+  assert 450e6 < n < 550e6, n
+  x = _inputs(config, abstract=True)
+  with _single_device_context(config):
+    va, vm = nnx.eval_shape(lambda x: model_lib.create(config)(x), x)
+  assert va.shape == (2, 1024, 100) and vm.shape == (2, 274, 61)
+  assert va.dtype == vm.dtype == jnp.float32
+
+
+def test_parameters_carry_logical_axes_and_shard_on_the_mesh():
+  config = get_config("tiny")
+  config.mesh.shape = (2, 2, 2)
+  mesh = sharding.make_mesh(config)
+  params = model_lib.abstract_params(config, mesh)
+  q = params["layers"][0]["audio"]["q"]["kernel"]          # [embed, heads, head_dim]
+  ff = params["layers"][0]["audio"]["ff"]["up"]["kernel"]  # [embed, mlp]
+  assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+  assert ff.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
