@@ -29,22 +29,18 @@ class Checkpointer:
     """Saves when `step` is a multiple of checkpoint.every_steps (or `force`); returns whether it did."""
     if not force and step % self.every_steps:
       return False
-    args = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(self.config_json)}
-    if data_state is not None:
-      args["data"] = ocp.args.JsonSave(data_state)
-    return self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {}),
+                              config=ocp.args.JsonSave(self.config_json))
+    return self.manager.save(step, args=args, force=True)
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict | None] | None:
     """Restores `step` (default latest) onto the shardings of `abstract_state`; None if none saved."""
     step = self.latest_step() if step is None else step
     if step is None:
       return None
-    saved = self.manager.item_metadata(step)
-    args = {"state": ocp.args.StandardRestore(abstract_state)}
-    if saved.get("data") is not None:
-      args["data"] = ocp.args.JsonRestore()
-    restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-    return restored["state"], restored.get("data")
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored["state"], restored["data"] or None
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

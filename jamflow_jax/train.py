@@ -103,7 +103,7 @@ class Trainer:
     # EMA with a warm-up of its own, so early averages are not dominated by the initialisation.
     decay = jnp.minimum(self.config.optim.ema_decay, (1.0 + state.step) / (10.0 + state.step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-    metrics.update(grad_norm=optax.global_norm(grads), lr=self.schedule(state.step))
+    metrics.update(grad_norm=optax.tree.norm(grads), lr=self.schedule(state.step))
     return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
 
   def init(self, seed: int) -> TrainState:
@@ -166,29 +166,31 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   peak = flops.peak_flops_per_device(config) * jax.device_count()
   history, pending, losses = {}, [], []
   t_last, n_last, valid_frames = None, first, 0.0
-  for step in range(first + 1, num_steps + 1):
-    host_batch = next(source)
-    valid_frames += float(np.sum(host_batch["mel_valid"])) * jax.process_count()
-    state, step_metrics = trainer.step(state, trainer.global_batch(host_batch))
-    pending.append(step_metrics)
-    losses.append((step, step_metrics["loss"]))
-    logger.advance()
-    if ckpt.save(step, state, source.get_state() if hasattr(source, "get_state") else None,
-                 force=step == num_steps):
-      logging.info("checkpoint at step %d", step)
-    if step % config.train.log_every_steps == 0 or step == num_steps:
-      scalars = metrics_lib.reduce_interval(pending)
-      history.update((s, float(v)) for s, v in jax.device_get(losses))
-      now = time.perf_counter()
-      if t_last is not None:  # the first interval includes compilation: no throughput for it
-        steps_per_s = (step - n_last) / (now - t_last)
-        scalars.update(steps_per_s=steps_per_s, examples_per_s=steps_per_s * config.train.batch_size,
-                       frames_per_s=valid_frames / (now - t_last))
-        if peak:
-          scalars["mfu"] = steps_per_s * step_flops / peak
-      logger.write(step, scalars)
-      pending, losses, t_last, n_last, valid_frames = [], [], now, step, 0.0
-  ckpt.wait()
-  ckpt.close()
-  logger.close()
+  try:
+    for step in range(first + 1, num_steps + 1):
+      host_batch = next(source)
+      valid_frames += float(np.sum(host_batch["mel_valid"])) * jax.process_count()
+      state, step_metrics = trainer.step(state, trainer.global_batch(host_batch))
+      pending.append(step_metrics)
+      losses.append((step, step_metrics["loss"]))
+      logger.advance()
+      if ckpt.save(step, state, source.get_state() if hasattr(source, "get_state") else None,
+                   force=step == num_steps):
+        logging.info("checkpoint at step %d", step)
+      if step % config.train.log_every_steps == 0 or step == num_steps:
+        scalars = metrics_lib.reduce_interval(pending)
+        history.update((s, float(v)) for s, v in jax.device_get(losses))
+        now = time.perf_counter()
+        if t_last is not None:  # the first interval includes compilation: no throughput for it
+          steps_per_s = (step - n_last) / (now - t_last)
+          scalars.update(steps_per_s=steps_per_s, examples_per_s=steps_per_s * config.train.batch_size,
+                         frames_per_s=valid_frames / (now - t_last))
+          if peak:
+            scalars["mfu"] = steps_per_s * step_flops / peak
+        logger.write(step, scalars)
+        pending, losses, t_last, n_last, valid_frames = [], [], now, step, 0.0
+  finally:  # whatever stops the loop, the checkpoints already started are completed
+    ckpt.wait()
+    ckpt.close()
+    logger.close()
   return history

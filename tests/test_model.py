@@ -67,3 +67,20 @@ def test_parameters_carry_logical_axes_and_shard_on_the_mesh():
   ff = params["layers"][0]["audio"]["ff"]["up"]["kernel"]  # [embed, mlp]
   assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
   assert ff.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 2, 2), 16), ((8, 1, 1), 32), ((4, 1, 2), 2)])
+def test_grouped_conv_gradient_is_exact_under_batch_sharding(shape, groups):
+  from jamflow_jax.model.layers import grouped_conv
+  config = get_config("tiny")
+  config.mesh.shape = shape
+  x = jax.random.normal(jax.random.key(0), (8, 48, 32))
+  w = jax.random.normal(jax.random.key(1), (7, 32 // groups, 32))
+  loss = lambda w, x: jnp.sum(jnp.sin(grouped_conv(x, w, groups)))
+  expected = jax.grad(loss, argnums=(0, 1))(w, x)
+  mesh = sharding.make_mesh(config)
+  with sharding.use_mesh(mesh, config):
+    xs = jax.device_put(x, sharding.batch_sharding(mesh, 3))
+    got = jax.jit(jax.grad(loss, argnums=(0, 1)))(w, xs)
+  for g, e in zip(got, expected):
+    np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)

@@ -6,7 +6,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jamflow_jax.sharding import constrain
+from jax.sharding import PartitionSpec as P
+
+from jamflow_jax.sharding import BATCH_AXES, constrain
 
 
 def _init(names, init=nnx.initializers.xavier_uniform()):
@@ -46,15 +48,44 @@ class TimestepEmbedding(nnx.Module):
     return self.fc2(nnx.silu(self.fc1(sinusoidal(t, self.freq_dim))))
 
 
+def grouped_conv(x: jax.Array, kernel: jax.Array, groups: int) -> jax.Array:
+  """'SAME' grouped 1-D convolution over time: x [B, L, Cin], kernel [K, Cin / groups, Cout].
+
+  Under a mesh it runs per batch shard in shard_map: XLA's SPMD partitioner returns the kernel
+  gradient of a grouped convolution multiplied by the replication factor when the batch is sharded
+  over only some mesh axes (seen with jax 0.10.2); shard_map's transpose sums it exactly once.
+  """
+  def conv(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1,), "SAME",
+                                        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups)
+
+  mesh = jax.sharding.get_abstract_mesh()
+  shards = 1 if mesh.empty else math.prod(mesh.shape.get(a, 1) for a in BATCH_AXES)
+  if shards == 1 or x.shape[0] % shards:
+    return conv(x, kernel)
+  return jax.shard_map(conv, in_specs=(P(BATCH_AXES), P()), out_specs=P(BATCH_AXES))(x, kernel)
+
+
+class GroupedConv(nnx.Module):
+  """Grouped 1-D convolution over time with bias; x [B, L, C] -> [B, L, C]."""
+
+  def __init__(self, width: int, kernel: int, groups: int, *, rngs: nnx.Rngs, dtype):
+    self.groups, self.dtype = groups, dtype
+    self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (kernel, width // groups, width)),
+                            out_sharding=(None, None, None))
+    self.bias = nnx.Param(jnp.zeros((width,)), out_sharding=(None,))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(self.dtype)
+    return grouped_conv(x, self.kernel[...], self.groups) + self.bias[...].astype(self.dtype)
+
+
 class ConvPositionEmbedding(nnx.Module):
   """x + Mish(Conv(Mish(Conv(x)))), grouped depthwise-style convs over time; padding zeroed."""
 
   def __init__(self, width: int, kernel: int, groups: int, *, rngs: nnx.Rngs, dtype):
-    conv = lambda: nnx.Conv(width, width, kernel_size=(kernel,), feature_group_count=groups,
-                            padding="SAME", dtype=dtype, rngs=rngs,
-                            kernel_init=_init((None, None, "embed"), nnx.initializers.lecun_normal()),
-                            bias_init=_init(("embed",), nnx.initializers.zeros_init()))
-    self.conv1, self.conv2 = conv(), conv()
+    self.conv1 = GroupedConv(width, kernel, groups, rngs=rngs, dtype=dtype)
+    self.conv2 = GroupedConv(width, kernel, groups, rngs=rngs, dtype=dtype)
 
   def __call__(self, x: jax.Array, valid: jax.Array) -> jax.Array:
     keep = valid[..., None].astype(x.dtype)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jamflow_jax.model.layers import _init, layer_norm, linear
+from jamflow_jax.model.layers import GroupedConv, _init, layer_norm, linear
 
 FILLER_ID = 0
 
@@ -28,10 +28,7 @@ class GRN(nnx.Module):
 
 class ConvNeXtV2Block(nnx.Module):
   def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype, kernel: int = 7):
-    self.dwconv = nnx.Conv(dim, dim, kernel_size=(kernel,), feature_group_count=dim, padding="SAME",
-                           dtype=dtype, rngs=rngs,
-                           kernel_init=_init((None, None, "embed"), nnx.initializers.lecun_normal()),
-                           bias_init=_init(("embed",), nnx.initializers.zeros_init()))
+    self.dwconv = GroupedConv(dim, kernel, dim, rngs=rngs, dtype=dtype)  # depthwise
     self.norm = layer_norm(dim, rngs=rngs, dtype=dtype, affine=True)
     self.pw1 = linear(dim, 2 * dim, ("embed", "mlp"), rngs=rngs, dtype=dtype)
     self.grn = GRN(2 * dim)
