@@ -122,7 +122,7 @@ def _demo(c: ml_collections.ConfigDict) -> None:
   c.data.max_mel_frames = 256
   c.optim.learning_rate, c.optim.warmup_steps, c.optim.schedule = 1e-3, 200, "cosine"
   c.optim.ema_decay = 0.999
-  c.train.num_steps, c.train.batch_size, c.train.log_every_steps = 3000, 8, 25
+  c.train.num_steps, c.train.batch_size, c.train.log_every_steps = 2000, 8, 25
   c.checkpoint.every_steps = 500
 
 

@@ -1,0 +1,83 @@
+"""Train-step benchmark: parameters, compiled memory per device, step time, examples/s and MFU.
+
+  python benchmarks/train_step.py --presets=tiny,demo [--steps=20] [--compile_only]
+
+One row per preset, on whatever backend JAX finds (CPU, GPU, TPU), with the whole mesh over all
+local devices as configs/base.py sets it. Batches are the SYNTHETIC source (shapes and padding of the
+data contract; the step does not care what the numbers mean). The parameter count comes from
+eval_shape (nothing allocated); memory from the compiled executable's memory analysis.
+"""
+
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from configs.base import get_config  # noqa: E402
+from data_pipelines.synthetic import SyntheticBatches  # noqa: E402
+from jamflow_jax import config as config_lib, flops, model as model_lib, sharding, train  # noqa: E402
+
+_PRESETS = flags.DEFINE_list("presets", ["tiny", "demo"], "presets of configs/base.py to measure")
+_STEPS = flags.DEFINE_integer("steps", 20, "timed steps per preset (after 2 warm-up steps)")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "global batch size (0 = the preset's)")
+_COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "report parameters and memory only")
+
+
+def measure(preset: str) -> dict:
+  config = get_config(preset)
+  config.data.source = "synthetic"
+  if _BATCH.value:
+    config.train.batch_size = _BATCH.value
+  config_lib.validate(config, jax.device_count())
+  mesh = sharding.make_mesh(config)
+  trainer = train.Trainer(config, mesh)
+  row = {"preset": preset, "params_M": model_lib.count_params(model_lib.abstract_params(config)) / 1e6,
+         "batch": config.train.batch_size, "mesh": "x".join(str(s) for s in mesh.shape.values())}
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_shardings[k])
+                    for k, v in SyntheticBatches(config).make_batch(0).items()}
+  with trainer.context():
+    compiled = trainer._jit_step.lower(trainer.abstract_state, abstract_batch).compile()
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    total = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
+    row["mem_GiB/dev"] = total / 2**30
+  if _COMPILE_ONLY.value:
+    return row
+  source = SyntheticBatches(config)
+  batches = [trainer.global_batch(next(source)) for _ in range(4)]
+  state = trainer.init(config.train.seed)
+  times = []
+  for i in range(_STEPS.value + 2):
+    start = time.perf_counter()
+    state, metrics = trainer.step(state, batches[i % len(batches)])
+    jax.block_until_ready(metrics["loss"])
+    times.append(time.perf_counter() - start)
+  step_s = statistics.median(times[2:])
+  mel = config.data.max_mel_frames
+  step_flops = flops.train_flops(config, mel, config_lib.motion_frames(config, mel)) * config.train.batch_size
+  peak = flops.peak_flops_per_device(config) * jax.device_count()
+  row.update({"step_ms": step_s * 1e3, "examples/s": config.train.batch_size / step_s,
+              "TFLOP/s": step_flops / step_s / 1e12, "MFU": step_flops / step_s / peak if peak else float("nan")})
+  return row
+
+
+def main(argv):
+  del argv
+  dev = jax.devices()[0]
+  print(f"backend {jax.default_backend()}, {jax.device_count()} x {dev.device_kind}, jax {jax.__version__}")
+  rows = [measure(p) for p in _PRESETS.value]
+  cols = list(dict.fromkeys(k for r in rows for k in r))
+  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+  table = [cols] + [[fmt(r.get(c, "")) for c in cols] for r in rows]
+  widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
+  for line in table:
+    print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
+
+
+if __name__ == "__main__":
+  app.run(main)
