@@ -6,10 +6,9 @@ the step (functional split/merge), which traces once and keeps the state a plain
 Orbax, optax and the shardings all handle directly.
 """
 
-import json
 import os
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +17,6 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx, struct
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jamflow_jax import checkpoint as checkpoint_lib
 from jamflow_jax import config as config_lib

@@ -6,7 +6,7 @@ import pytest
 from configs.base import get_config
 from data_pipelines.synthetic import SyntheticBatches
 from jamflow_jax import flow
-from jamflow_jax.config import TASKS, mel_fps
+from jamflow_jax.config import TASKS
 
 STEP = 93.75 / 25.0
 
