@@ -1,6 +1,6 @@
 """Train-step benchmark: parameters, compiled memory per device, step time, examples/s and MFU.
 
-  python benchmarks/train_step.py --presets=tiny,demo [--steps=20] [--compile_only]
+  python benchmarks/train_step.py --presets=tiny,demo [--steps=20] [--compile_only] [--set=model.remat=True]
 
 One row per preset, on whatever backend JAX finds (CPU, GPU, TPU), with the whole mesh over all
 local devices as configs/base.py sets it. Batches are the SYNTHETIC source (shapes and padding of the
@@ -8,6 +8,7 @@ data contract; the step does not care what the numbers mean). The parameter coun
 eval_shape (nothing allocated); memory from the compiled executable's memory analysis.
 """
 
+import ast
 import os
 import statistics
 import sys
@@ -26,6 +27,20 @@ _PRESETS = flags.DEFINE_list("presets", ["tiny", "demo"], "presets of configs/ba
 _STEPS = flags.DEFINE_integer("steps", 20, "timed steps per preset (after 2 warm-up steps)")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "global batch size (0 = the preset's)")
 _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "report parameters and memory only")
+_SET = flags.DEFINE_multi_string("set", [], "config override a.b=value (Python literal), repeatable")
+
+
+def _override(config, assignment: str) -> None:
+  key, _, text = assignment.partition("=")
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  *parents, leaf = key.split(".")
+  node = config
+  for name in parents:
+    node = node[name]
+  node[leaf] = value
 
 
 def measure(preset: str) -> dict:
@@ -33,6 +48,8 @@ def measure(preset: str) -> dict:
   config.data.source = "synthetic"
   if _BATCH.value:
     config.train.batch_size = _BATCH.value
+  for assignment in _SET.value:
+    _override(config, assignment)
   config_lib.validate(config, jax.device_count())
   mesh = sharding.make_mesh(config)
   trainer = train.Trainer(config, mesh)

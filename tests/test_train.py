@@ -111,3 +111,13 @@ def test_main_trains_and_resumes(tmp_path):
   assert second.returncode == 0, second.stderr[-3000:]
   assert "resumed from" in second.stderr and "at step 3" in second.stderr
   assert sorted(os.listdir(tmp_path / "checkpoints"), key=int) == ["3", "5"]
+
+
+def test_tiny_learns_a_fixed_batch(tiny_config, tmp_path):
+  tiny_config.data.synthetic_num_batches = 1  # the same batch every step
+  tiny_config.train.num_steps = 300
+  tiny_config.checkpoint.every_steps = 300
+  losses = train.train(tiny_config, str(tmp_path))
+  first = np.mean([losses[s] for s in range(1, 26)])
+  last = np.mean([losses[s] for s in range(276, 301)])
+  assert last < 0.5 * first, (first, last)
