@@ -11,6 +11,8 @@ from typing import Any
 import ml_collections
 import orbax.checkpoint as ocp
 
+from jamflow_jax.config import ConfigError
+
 
 class Checkpointer:
   def __init__(self, workdir: str, config: ml_collections.ConfigDict):
@@ -38,6 +40,13 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       return None
+    saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    changed = sorted(k for k in set(saved["model"]) | set(self.config_json["model"])
+                     if saved["model"].get(k) != self.config_json["model"].get(k))
+    if changed:
+      raise ConfigError(f"{self.directory} holds a model trained with other model.* settings ("
+                        + ", ".join(f"{k}: {saved['model'].get(k)!r} -> {self.config_json['model'].get(k)!r}"
+                                    for k in changed) + "); use another --workdir or the saved settings")
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored["state"], restored["data"] or None

@@ -8,6 +8,7 @@ import pytest
 
 from data_pipelines.synthetic import SyntheticBatches
 from jamflow_jax import checkpoint as checkpoint_lib, sharding, train
+from jamflow_jax.config import ConfigError
 
 
 def _mesh(config, shape):
@@ -121,3 +122,11 @@ def test_tiny_learns_a_fixed_batch(tiny_config, tmp_path):
   first = np.mean([losses[s] for s in range(1, 26)])
   last = np.mean([losses[s] for s in range(276, 301)])
   assert last < 0.5 * first, (first, last)
+
+
+def test_resuming_with_another_model_is_refused(tiny_config, tmp_path):
+  tiny_config.train.num_steps = tiny_config.checkpoint.every_steps = 1
+  train.train(tiny_config, str(tmp_path))
+  tiny_config.model.audio_width = 48
+  with pytest.raises(ConfigError, match=r"other model.\* settings \(audio_width: 32 -> 48\)"):
+    train.train(tiny_config, str(tmp_path))
