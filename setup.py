@@ -30,5 +30,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8,<10"],
+        # libtpu for Cloud TPU VMs, and for ahead-of-time compiles for TPU topologies on any host.
+        "tpu": ["jax[tpu]>=0.10.2,<0.12"],
     },
 )

@@ -1,6 +1,7 @@
 """Train-step benchmark: parameters, compiled memory per device, step time, examples/s and MFU.
 
   python benchmarks/train_step.py --presets=tiny,demo [--steps=20] [--compile_only] [--set=model.remat=True]
+  JAX_PLATFORMS=cpu python benchmarks/train_step.py --presets=base --topology=v5p:2x2x2  # needs jax[tpu]
 
 One row per preset, on whatever backend JAX finds (CPU, GPU, TPU), with the whole mesh over all
 local devices as configs/base.py sets it. Batches are the SYNTHETIC source (shapes and padding of the
@@ -27,6 +28,9 @@ _PRESETS = flags.DEFINE_list("presets", ["tiny", "demo"], "presets of configs/ba
 _STEPS = flags.DEFINE_integer("steps", 20, "timed steps per preset (after 2 warm-up steps)")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "global batch size (0 = the preset's)")
 _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "report parameters and memory only")
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", "", "compile ahead of time for a Cloud TPU topology instead of running, e.g. v5p:2x2x2 "
+    "(needs `pip install jax[tpu]` at the installed jax version; run with JAX_PLATFORMS=cpu)")
 _SET = flags.DEFINE_multi_string("set", [], "config override a.b=value (Python literal), repeatable")
 
 
@@ -50,8 +54,12 @@ def measure(preset: str) -> dict:
     config.train.batch_size = _BATCH.value
   for assignment in _SET.value:
     _override(config, assignment)
-  config_lib.validate(config, jax.device_count())
-  mesh = sharding.make_mesh(config)
+  devices = jax.devices()
+  if _TOPOLOGY.value:
+    from jax.experimental import topologies
+    devices = topologies.get_topology_desc(topology_name=_TOPOLOGY.value, platform="tpu").devices
+  config_lib.validate(config, len(devices))
+  mesh = sharding.make_mesh(config, devices)
   trainer = train.Trainer(config, mesh)
   row = {"preset": preset, "params_M": model_lib.count_params(model_lib.abstract_params(config)) / 1e6,
          "batch": config.train.batch_size, "mesh": "x".join(str(s) for s in mesh.shape.values())}
@@ -63,7 +71,9 @@ def measure(preset: str) -> dict:
   if mem is not None:
     total = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
     row["mem_GiB/dev"] = total / 2**30
-  if _COMPILE_ONLY.value:
+    row["state+batch_GiB"] = mem.argument_size_in_bytes / 2**30
+    row["temp_GiB"] = mem.temp_size_in_bytes / 2**30
+  if _COMPILE_ONLY.value or _TOPOLOGY.value:
     return row
   source = SyntheticBatches(config)
   batches = [trainer.global_batch(next(source)) for _ in range(4)]
@@ -77,7 +87,7 @@ def measure(preset: str) -> dict:
   step_s = statistics.median(times[2:])
   mel = config.data.max_mel_frames
   step_flops = flops.train_flops(config, mel, config_lib.motion_frames(config, mel)) * config.train.batch_size
-  peak = flops.peak_flops_per_device(config) * jax.device_count()
+  peak = flops.peak_flops_per_device(config) * len(devices)
   row.update({"step_ms": step_s * 1e3, "examples/s": config.train.batch_size / step_s,
               "TFLOP/s": step_flops / step_s / 1e12, "MFU": step_flops / step_s / peak if peak else float("nan")})
   return row
@@ -85,8 +95,11 @@ def measure(preset: str) -> dict:
 
 def main(argv):
   del argv
-  dev = jax.devices()[0]
-  print(f"backend {jax.default_backend()}, {jax.device_count()} x {dev.device_kind}, jax {jax.__version__}")
+  if _TOPOLOGY.value:
+    print(f"ahead-of-time compile for TPU topology {_TOPOLOGY.value} on {jax.default_backend()}, jax {jax.__version__}")
+  else:
+    dev = jax.devices()[0]
+    print(f"backend {jax.default_backend()}, {jax.device_count()} x {dev.device_kind}, jax {jax.__version__}")
   rows = [measure(p) for p in _PRESETS.value]
   cols = list(dict.fromkeys(k for r in rows for k in r))
   fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
