@@ -62,18 +62,19 @@ class Trainer:
     self.config, self.mesh = config, mesh
     self.tx = make_optimizer(config)
     self.schedule = learning_rate_schedule(config)
-    with self.context():
-      abstract_model = nnx.eval_shape(lambda: model_lib.create(config))
-      self.graphdef, _ = nnx.split(abstract_model, nnx.Param)
-      abstract = jax.eval_shape(self._init, jax.ShapeDtypeStruct((2,), jnp.uint32))
-    param_sh = jax.tree.map(lambda a: a.sharding, model_lib.abstract_params(config, mesh))
+    self.graphdef, abstract_params = model_lib.abstract_model(config, mesh)
+    param_sh = jax.tree.map(lambda a: a.sharding, abstract_params)
     rep = sharding.replicated(mesh)
+    opt_state = jax.eval_shape(self.tx.init, abstract_params)
     self.state_shardings = TrainState(
         step=rep, params=param_sh, ema_params=param_sh, rng=rep,
-        opt_state=optax.tree_map_params(self.tx, lambda _, s: s, abstract.opt_state, param_sh,
+        opt_state=optax.tree_map_params(self.tx, lambda _, s: s, opt_state, param_sh,
                                         transform_non_params=lambda _: rep))
     self.abstract_state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_shardings)
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, ema_params=abstract_params,
+                   opt_state=opt_state, rng=jax.ShapeDtypeStruct((2,), jnp.uint32)),
+        self.state_shardings)
     self.batch_shardings = {k: sharding.batch_sharding(mesh, n) for k, n in BATCH_NDIM.items()}
     self._jit_init = jax.jit(self._init, out_shardings=self.state_shardings)
     self._jit_step = jax.jit(self._step, in_shardings=(self.state_shardings, self.batch_shardings),
