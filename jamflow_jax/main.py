@@ -42,7 +42,6 @@ def main(argv):
   if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and _launched_multiprocess()):
     jax.distributed.initialize()
   config = _CONFIG.value
-  config_lib.validate(config, jax.device_count())
   logging.info("process %d of %d, %d devices", jax.process_index(), jax.process_count(), jax.device_count())
   if _MODE.value == "train":
     from jamflow_jax import train

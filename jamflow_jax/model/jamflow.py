@@ -1,7 +1,5 @@
 """The JAM-Flow MM-DiT: an Audio-DiT and a Motion-DiT coupled by selective joint attention."""
 
-import math
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -56,8 +54,7 @@ class JamFlow(nnx.Module):
     self.compute_dtype = dtype
     self.head_dim, self.rope_theta = m.head_dim, m.rope_theta
     self.motion_step = config_lib.mel_fps(config) / config.data.motion_fps  # mel frames per motion frame
-    window = config_lib.joint_window_frames(config)
-    self.window = window if math.isfinite(window) else math.inf
+    self.window = config_lib.joint_window_frames(config)
     self.impl, self.remat = m.attention_impl, m.remat
 
     self.text = TextEncoder(m.text_vocab_size, m.text_dim, m.text_conv_layers, rngs=rngs, dtype=dtype)
