@@ -27,9 +27,13 @@ setup(
         "numpy>=2.0,<3",
         "tensorboardX>=2.6,<3",
         "tqdm>=4.66,<5",
+        "scipy>=1.13,<2",
+        "soundfile>=0.12,<0.15",
+        "espeakng-loader>=0.2.4,<0.3",
     ],
     extras_require={
-        "test": ["pytest>=8,<10"],
+        # librosa is the independent reference for the mel spectrogram tests.
+        "test": ["pytest>=8,<10", "librosa>=0.10,<0.12"],
         # libtpu for Cloud TPU VMs, and for ahead-of-time compiles for TPU topologies on any host.
         "tpu": ["jax[tpu]>=0.10.2,<0.12"],
     },

@@ -9,7 +9,6 @@ data contract; the step does not care what the numbers mean). The parameter coun
 eval_shape (nothing allocated); memory from the compiled executable's memory analysis.
 """
 
-import ast
 import os
 import statistics
 import sys
@@ -19,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
+from common import override, print_table  # noqa: E402  (benchmarks/common.py)
 
 from configs.base import get_config  # noqa: E402
 from data_pipelines.synthetic import SyntheticBatches  # noqa: E402
@@ -34,26 +34,13 @@ _TOPOLOGY = flags.DEFINE_string(
 _SET = flags.DEFINE_multi_string("set", [], "config override a.b=value (Python literal), repeatable")
 
 
-def _override(config, assignment: str) -> None:
-  key, _, text = assignment.partition("=")
-  try:
-    value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    value = text
-  *parents, leaf = key.split(".")
-  node = config
-  for name in parents:
-    node = node[name]
-  node[leaf] = value
-
-
 def measure(preset: str) -> dict:
   config = get_config(preset)
   config.data.source = "synthetic"
   if _BATCH.value:
     config.train.batch_size = _BATCH.value
   for assignment in _SET.value:
-    _override(config, assignment)
+    override(config, assignment)
   devices = jax.devices()
   if _TOPOLOGY.value:
     from jax.experimental import topologies
@@ -100,13 +87,7 @@ def main(argv):
   else:
     dev = jax.devices()[0]
     print(f"backend {jax.default_backend()}, {jax.device_count()} x {dev.device_kind}, jax {jax.__version__}")
-  rows = [measure(p) for p in _PRESETS.value]
-  cols = list(dict.fromkeys(k for r in rows for k in r))
-  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-  table = [cols] + [[fmt(r.get(c, "")) for c in cols] for r in rows]
-  widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
-  for line in table:
-    print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
+  print_table([measure(p) for p in _PRESETS.value])
 
 
 if __name__ == "__main__":

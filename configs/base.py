@@ -30,7 +30,7 @@ def _base() -> ml_collections.ConfigDict:
   m.heads = 16                       # attention heads, shared by both streams (joint attention)
   m.head_dim = 64
   m.ff_mult = 2
-  m.text_vocab_size = 256            # id 0 is the filler token
+  m.text_vocab_size = 256            # jamflow_jax.text: Latin-1 code points, id 0 the filler
   m.text_dim = 512
   m.text_conv_layers = 4             # ConvNeXtV2 blocks of the text encoder
   m.conv_pos_kernel = 31
@@ -45,8 +45,22 @@ def _base() -> ml_collections.ConfigDict:
   m.remat = True                     # rematerialise each layer in the backward pass
 
   c.data = d = ml_collections.ConfigDict()
-  d.path = ""                        # empty = the built-in corpus
-  d.source = ""                      # "synthetic": clearly labelled random batches (tests, benchmarks)
+  d.path = ""                        # corpus directory (shards + corpus.json); empty = the built-in corpus
+  d.source = ""                      # "": shards; "tfds": tfds.data_source(data.tfds_name, data_dir=data.path);
+                                     # "synthetic": clearly labelled random batches (tests, benchmarks)
+  d.tfds_name = "jamflow_corpus"
+  d.split = "train"
+  d.num_buckets = 8                  # padded lengths = length quantiles (one compile per bucket)
+  d.bucket_multiple = 16
+  d.sort_window = 32                 # batches sorted by length together (see data_pipelines.pipeline)
+  d.on_bad_record = "fail"           # or "skip": replaced within its batch, counted and logged
+  d.num_threads = 2                  # grain in-process loading threads
+  d.prefetch = 4                     # batches loaded ahead
+  d.worker_processes = 0             # >0: grain worker processes instead (many-core hosts)
+  d.corpus = ml_collections.ConfigDict()  # the built-in eSpeak corpus (data.path empty)
+  d.corpus.num_utterances = 2000
+  d.corpus.seed = 0
+  d.corpus.cache_dir = ""            # empty: $JAMFLOW_CACHE or ~/.cache/jamflow_jax
   d.sample_rate = 24000
   d.hop_length = 256                 # mel frame rate = sample_rate / hop_length = 93.75 fps
   d.motion_fps = 25.0
@@ -119,7 +133,7 @@ def _demo(c: ml_collections.ConfigDict) -> None:
   m.text_dim, m.text_conv_layers = 96, 2
   m.joint_layers = (1, 3)
   m.dtype, m.remat = "float32", False
-  c.data.max_mel_frames = 256
+  c.data.max_mel_frames, c.data.num_buckets = 256, 4
   c.optim.learning_rate, c.optim.warmup_steps, c.optim.schedule = 1e-3, 200, "cosine"
   c.optim.ema_decay = 0.999
   c.train.num_steps, c.train.batch_size, c.train.log_every_steps = 2000, 8, 25

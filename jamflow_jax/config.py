@@ -8,6 +8,8 @@ import math
 
 import ml_collections
 
+from jamflow_jax.motion.spec import motion_frames_for
+
 TASKS = ("joint", "tts", "a2m", "m2a")
 ATTENTION_IMPLS = ("xla",)
 DTYPES = ("float32", "bfloat16")
@@ -23,7 +25,9 @@ def mel_fps(config: ml_collections.ConfigDict) -> float:
 
 def motion_frames(config: ml_collections.ConfigDict, mel_frames: int) -> int:
   """T_m = ceil(T_a * motion_fps / mel_fps) (DESIGN data contract)."""
-  return math.ceil(mel_frames * config.data.motion_fps / mel_fps(config) - 1e-9)
+  d = config.data
+  return motion_frames_for(mel_frames, motion_fps=d.motion_fps, sample_rate=d.sample_rate,
+                           hop_length=d.hop_length)
 
 
 def joint_window_frames(config: ml_collections.ConfigDict) -> float:
@@ -90,6 +94,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.train.batch_size % batch_shards:
     raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the "
                       f"{batch_shards} batch shards of mesh {dict(zip(config.mesh.axes, shape))}")
-  if d.source not in ("", "synthetic"):
-    raise ConfigError(f"data.source={d.source!r}; leave it empty (data.path or the built-in corpus) "
-                      "or set 'synthetic'")
+  if d.source not in ("", "tfds", "synthetic"):
+    raise ConfigError(f"data.source={d.source!r}; leave it empty (shards at data.path, or the built-in "
+                      "corpus), or set tfds or synthetic")
+  if d.source == "tfds" and not d.path:
+    raise ConfigError("data.source=tfds needs data.path, the TFDS data_dir holding data.tfds_name")
+  if d.on_bad_record not in ("fail", "skip"):
+    raise ConfigError(f"data.on_bad_record={d.on_bad_record!r}; choose fail or skip")
+  for key in ("num_buckets", "bucket_multiple", "sort_window", "num_threads", "prefetch"):
+    if d[key] < 1:
+      raise ConfigError(f"data.{key}={d[key]} must be >= 1")
+  if d.worker_processes < 0 or d.corpus.num_utterances < 1:
+    raise ConfigError(f"data.worker_processes={d.worker_processes} must be >= 0 and "
+                      f"data.corpus.num_utterances={d.corpus.num_utterances} >= 1")

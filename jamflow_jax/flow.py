@@ -22,7 +22,7 @@ from flax import struct
 
 from jamflow_jax.config import TASKS
 from jamflow_jax.model.jamflow import FlowInputs
-from jamflow_jax.model.text_encoder import FILLER_ID
+from jamflow_jax.text import FILLER_ID
 
 JOINT, TTS, A2M, M2A = (TASKS.index(n) for n in ("joint", "tts", "a2m", "m2a"))
 

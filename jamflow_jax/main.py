@@ -11,6 +11,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from data_pipelines.shards import BadRecordError
 from jamflow_jax import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py[:PRESET]", lock_config=True)
@@ -70,6 +71,8 @@ def run() -> None:
     app.run(main, flags_parser=_parse_flags)
   except config_lib.ConfigError as e:
     sys.exit(f"config error: {e}")
+  except BadRecordError as e:  # names the file and the record; see data.on_bad_record
+    sys.exit(f"data error: {e}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ the step (functional split/merge), which traces once and keeps the state a plain
 Orbax, optax and the shardings all handle directly.
 """
 
+import json
 import os
 import time
 from typing import Any, Iterator
@@ -126,9 +127,10 @@ def make_source(config: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndar
     from data_pipelines.synthetic import SyntheticBatches
     logging.warning("data.source=synthetic: training on SYNTHETIC batches (not speech, not faces).")
     return SyntheticBatches(config)
-  raise config_lib.ConfigError(
-      "the shard pipeline (data.path) and the built-in corpus are not part of this build yet; "
-      "run with --config.data.source=synthetic to train on the synthetic batch source")
+  from data_pipelines import pipeline
+  source, motion = pipeline.open_source(config)
+  return pipeline.make_iterator(source, motion, config, process_index=jax.process_index(),
+                                process_count=jax.process_count())
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -146,6 +148,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   logging.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].device_kind)
   trainer = Trainer(config, mesh)
   source = make_source(config) if source is None else source
+  if jax.process_index() == 0 and hasattr(source, "motion"):  # for un-normalising generated motion
+    with open(os.path.join(workdir, "motion_stats.json"), "w") as f:
+      json.dump(source.motion, f)
   ckpt = checkpoint_lib.Checkpointer(workdir, config)
   restored = ckpt.restore(trainer.abstract_state)
   if restored is not None:
@@ -159,16 +164,16 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   first = int(state.step)
   num_steps = int(config.train.num_steps)
   logger = metrics_lib.MetricsLogger(workdir, num_steps, first)
-  mel_frames = config.data.max_mel_frames
-  motion_frames = config_lib.motion_frames(config, mel_frames)
-  step_flops = flops.train_flops(config, mel_frames, motion_frames) * config.train.batch_size
   peak = flops.peak_flops_per_device(config) * jax.device_count()
   history, pending, losses = {}, [], []
-  t_last, n_last, valid_frames = None, first, 0.0
+  t_last, n_last, valid_frames, interval_flops = None, first, 0.0, 0.0
   try:
     for step in range(first + 1, num_steps + 1):
       host_batch = next(source)
       valid_frames += float(np.sum(host_batch["mel_valid"])) * jax.process_count()
+      # Batches are length-bucketed: count the FLOPs of this batch's padded shape.
+      interval_flops += flops.train_flops(config, host_batch["mel"].shape[1],
+                                          host_batch["motion"].shape[1]) * config.train.batch_size
       state, step_metrics = trainer.step(state, trainer.global_batch(host_batch))
       pending.append(step_metrics)
       losses.append((step, step_metrics["loss"]))
@@ -185,9 +190,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           scalars.update(steps_per_s=steps_per_s, examples_per_s=steps_per_s * config.train.batch_size,
                          frames_per_s=valid_frames / (now - t_last))
           if peak:
-            scalars["mfu"] = steps_per_s * step_flops / peak
+            scalars["mfu"] = interval_flops / (now - t_last) / peak
         logger.write(step, scalars)
-        pending, losses, t_last, n_last, valid_frames = [], [], now, step, 0.0
+        pending, losses, t_last, n_last, valid_frames, interval_flops = [], [], now, step, 0.0, 0.0
   finally:  # whatever stops the loop, the checkpoints already started are completed
     ckpt.wait()
     ckpt.close()

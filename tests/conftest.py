@@ -25,3 +25,22 @@ def tiny_config():
   config = get_config("tiny")
   config.data.source = "synthetic"
   return config
+
+
+def write_random_corpus(directory, num_records: int = 40, *, min_frames: int = 20, max_frames: int = 60,
+                        seed: int = 0, records_per_shard: int = 16, validation_every: int = 5):
+  """A valid corpus of random mel/motion (every `validation_every`-th record in validation)."""
+  import numpy as np
+
+  from data_pipelines import shards
+  from jamflow_jax.motion.spec import motion_frames_for
+
+  rng = np.random.default_rng(seed)
+  with shards.CorpusWriter(directory, records_per_shard=records_per_shard) as writer:
+    for i in range(num_records):
+      frames = int(rng.integers(min_frames, max_frames + 1))
+      writer.add("validation" if i % validation_every == validation_every - 1 else "train", {
+          "id": f"utt-{i:04d}", "speaker": f"spk-{i % 3}", "text": f"utt {i}.",
+          "mel": rng.normal(-5, 2, (frames, 100)).astype(np.float32),
+          "motion": rng.normal(0.1, 0.5, (motion_frames_for(frames), 61)).astype(np.float32)})
+  return shards.Corpus(directory)

@@ -52,7 +52,8 @@ def test_unknown_preset():
     (["--config=configs/base.py:huge"], "config error: unknown preset 'huge'"),
     (["--config=configs/base.py:tiny", "--config.model.joint_layers=(7,)"],
      "config error: model.joint_layers (7,) out of range"),
-    (["--config=configs/base.py:tiny"], "config error: the shard pipeline"),
+    (["--config=configs/base.py:tiny", "--config.data.path=/nowhere"],
+     "config error: data.path='/nowhere': /nowhere is not a jamflow corpus"),
 ])
 def test_main_reports_bad_configs_in_one_line(tmp_path, args, message):
   proc = subprocess.run([sys.executable, "-m", "jamflow_jax.main", f"--workdir={tmp_path}", *args],

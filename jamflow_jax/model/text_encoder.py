@@ -10,7 +10,6 @@ from flax import nnx
 
 from jamflow_jax.model.layers import GroupedConv, _init, layer_norm, linear
 
-FILLER_ID = 0
 
 
 class GRN(nnx.Module):
