@@ -11,6 +11,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["jamflow_jax", "jamflow_jax.*", "data_pipelines", "data_pipelines.*",
                                     "configs"]),
+    package_data={"data_pipelines": ["sentences.txt"]},
     # Ranges tested on Python 3.11 (CPU: jax 0.10.2; GPU machines carry jax 0.11.x).
     install_requires=[
         "jax>=0.10.2,<0.12",
@@ -30,6 +31,7 @@ setup(
         "scipy>=1.13,<2",
         "soundfile>=0.12,<0.15",
         "espeakng-loader>=0.2.4,<0.3",
+        "protobuf>=4.21,<8",  # tfds records; data_pipelines.tfds_builder decodes them
     ],
     extras_require={
         # librosa is the independent reference for the mel spectrogram tests.
