@@ -202,21 +202,24 @@ class TfdsSplit:
     return record
 
 
-_CORPUS = flags.DEFINE_string("corpus", None, "jamflow shard corpus directory (with corpus.json)")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir to prepare into (default: TFDS' own, "
-                                "$TFDS_DATA_DIR or ~/tensorflow_datasets)")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "rebuild the dataset if data_dir already holds one")
+def define_flags() -> None:
+  """The CLI's flags; defined only when run as a program (main imports this module for data.source=tfds)."""
+  flags.DEFINE_string("corpus", None, "jamflow shard corpus directory (with corpus.json)", required=True)
+  flags.DEFINE_string("data_dir", None, "TFDS data dir to prepare into (default: TFDS' own, "
+                      "$TFDS_DATA_DIR or ~/tensorflow_datasets)")
+  flags.DEFINE_bool("overwrite", False, "rebuild the dataset if data_dir already holds one")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  builder = prepare(_CORPUS.value, _DATA_DIR.value, overwrite=_OVERWRITE.value)
+  FLAGS = flags.FLAGS
+  builder = prepare(FLAGS.corpus, FLAGS.data_dir, overwrite=FLAGS.overwrite)
   counts = ", ".join(f"{name} {info.num_examples}" for name, info in builder.info.splits.items())
   print(f"{NAME} {builder.version} is prepared in {builder.data_dir} ({counts} records)")
   print(f"train on it with --config.data.source=tfds --config.data.path={builder.data_dir_root}")
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("corpus")
+  define_flags()
   app.run(main)
