@@ -18,6 +18,7 @@ threads (best on small machines), optionally `mp_prefetch` worker processes.
 
 import dataclasses
 import functools
+import hashlib
 import threading
 from typing import Protocol
 
@@ -40,8 +41,7 @@ class RecordSource(Protocol):
   lengths: np.ndarray  # [N] mel frames of every record
 
   def __len__(self) -> int: ...
-  def __getitem__(self, index: int) -> dict: ...
-  def describe(self, index: int) -> str: ...
+  def __getitem__(self, index: int) -> dict: ...  # raises BadRecordError naming file/record
 
 
 def bucket_lengths(lengths: np.ndarray, num_buckets: int, multiple: int, max_len: int) -> tuple[int, ...]:
@@ -60,6 +60,7 @@ class BatchPlan:
   buckets: tuple[int, ...]  # padded lengths, ascending
   seed: int
   sort_window: int = 32    # batches sorted together: larger -> less padding, less randomness
+  _epochs: dict = dataclasses.field(default_factory=dict, init=False, repr=False)  # the last epochs planned
 
   def __post_init__(self):
     if not self.eligible.size:
@@ -78,9 +79,22 @@ class BatchPlan:
     n = self.eligible.size
     return (n // window) * self.sort_window + (n % window) // self.batch_size
 
-  @functools.lru_cache(maxsize=2)  # noqa: B019 (plans are few and live as long as the pipeline)
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """Names the batch stream: equal fingerprints plan equal batches."""
+    digest = hashlib.sha256(np.asarray(self.lengths, np.int64).tobytes())
+    digest.update(repr((self.batch_size, self.buckets, self.seed, self.sort_window)).encode())
+    return digest.hexdigest()[:16]
+
   def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """-> (record indices [batches, B], padded length [batches]) of one epoch."""
+    if epoch not in self._epochs:
+      if len(self._epochs) >= 2:  # loader threads only ever straddle two epochs
+        self._epochs.pop(min(self._epochs))
+      self._epochs[epoch] = self._plan_epoch(epoch)
+    return self._epochs[epoch]
+
+  def _plan_epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([self.seed, epoch])
     order = rng.permutation(self.eligible)
     window = self.batch_size * self.sort_window
@@ -193,10 +207,16 @@ class DataIterator:
     return next(self._iterator)
 
   def get_state(self) -> dict:
-    return self._iterator.get_state()
+    return {"grain": self._iterator.get_state(), "plan": self.loader.plan.fingerprint}
 
   def set_state(self, state: dict) -> None:
-    self._iterator.set_state(state)
+    """Resumes at a saved position; one saved for another batch plan restarts the data, with a warning."""
+    if state.get("plan") != self.loader.plan.fingerprint:
+      logging.warning("the checkpoint's data position belongs to another batch stream (corpus, data.* "
+                      "bucketing, train.batch_size or train.seed changed, or another source): the data "
+                      "restarts from the first batch of the current plan")
+      return
+    self._iterator.set_state(state["grain"])
 
 
 def open_source(config: ml_collections.ConfigDict) -> tuple[RecordSource, dict]:
@@ -208,8 +228,11 @@ def open_source(config: ml_collections.ConfigDict) -> tuple[RecordSource, dict]:
   d = config.data
   if d.source == "tfds":
     from data_pipelines import tfds_builder
-    source = tfds_builder.TfdsSplit(d.tfds_name, d.path, d.split)
-    motion = source.motion
+    try:
+      source = tfds_builder.TfdsSplit(d.tfds_name, d.path, d.split)
+    except (FileNotFoundError, KeyError) as e:
+      raise ConfigError(f"data.source=tfds, data.path={d.path!r}, data.split={d.split!r}: {e}") from None
+    motion, audio = source.motion, source.audio
   else:
     from data_pipelines import builtin, shards
     try:
@@ -219,6 +242,12 @@ def open_source(config: ml_collections.ConfigDict) -> tuple[RecordSource, dict]:
     if d.split not in corpus.splits:
       raise ConfigError(f"data.split={d.split!r}: {corpus.directory} has splits {', '.join(corpus.splits)}")
     source, motion = corpus.split(d.split, on_bad=d.on_bad_record), corpus.metadata["motion"]
+    audio = corpus.metadata["audio"]
+  for key, have, want in (("data.sample_rate", audio["sample_rate"], d.sample_rate),
+                          ("data.hop_length", audio["hop_length"], d.hop_length),
+                          ("data.motion_fps", motion["fps"], d.motion_fps)):
+    if have != want:  # lengths and the shared RoPE clock are derived from these
+      raise ConfigError(f"{key}={want} but the data was made with {have}")
   dim = sum(size for _, size in motion["parts"])
   if dim != config.model.motion_dim:
     raise ConfigError(f"model.motion_dim={config.model.motion_dim} but the data's motion frames have {dim} "
@@ -233,10 +262,13 @@ def make_iterator(source: RecordSource, motion: dict, config: ml_collections.Con
   `motion` is the corpus' motion description (its "mean"/"std" normalise the motion).
   """
   d = config.data
+  if not len(source):
+    raise ConfigError(f"data.split={d.split!r} has no records")
   usable = source.lengths[source.lengths <= d.max_mel_frames]
-  if not usable.size:
-    raise ValueError(f"no record is at most data.max_mel_frames={d.max_mel_frames} mel frames long "
-                     f"(shortest: {int(source.lengths.min())})")
+  if usable.size < config.train.batch_size:
+    raise ConfigError(f"{usable.size} of {len(source)} records are at most data.max_mel_frames="
+                      f"{d.max_mel_frames} mel frames long (shortest {int(source.lengths.min())}); "
+                      f"train.batch_size={config.train.batch_size} needs at least that many")
   buckets = bucket_lengths(usable, d.num_buckets, d.bucket_multiple, d.max_mel_frames)
   plan = BatchPlan(source.lengths, config.train.batch_size, buckets, config.train.seed, d.sort_window)
   logging.info("data: %d records, %d longer than %d mel frames left out; buckets %s; %d batches per epoch; "

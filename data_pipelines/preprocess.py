@@ -83,6 +83,7 @@ TEXT_LONGER_THAN_AUDIO = "text_longer_than_audio"
 BAD_MOTION = "bad_motion"
 LENGTH_MISMATCH = "length_mismatch"
 BAD_RECORD = "bad_record"
+UNEXPECTED = "unexpected_error"  # anything else one utterance raises: reported with its type, never fatal
 
 
 class Skip(Exception):
@@ -281,18 +282,35 @@ def preprocess(out: str, audio_dir: str, motion_dir: str, *, transcripts: str | 
               for uid, path in duplicates]
   problems += [{"id": uid, "reason": MISSING_AUDIO, "detail": f"{motion[uid]} has no .wav/.flac in the audio "
                 "directory"} for uid in sorted(set(motion) - set(audio))]
-  written = collections.Counter()
   settings = {"audio_dir": os.path.abspath(audio_dir), "motion_dir": os.path.abspath(motion_dir),
               "transcripts": os.path.abspath(transcripts) if transcripts else None,
               "motion_format": motion_format, "motion_fps": motion_fps, "speaker": speaker,
               "split_by": split_by, "validation_fraction": validation_fraction, "seed": seed,
               "min_duration_s": min_duration_s}
+  try:
+    report = _write(out, builder, sorted(audio), problems, settings, found=len(set(audio) | set(motion)),
+                    split_by=split_by, seed=seed,
+                    validation_fraction=validation_fraction, records_per_shard=records_per_shard,
+                    progress=progress)
+  except BaseException:
+    # No half corpus is left behind (the report stays): the same command can simply be run again.
+    for name in os.listdir(out) if os.path.isdir(out) else ():
+      if name == shards.METADATA_FILE or name.endswith(".array_record"):
+        os.remove(os.path.join(out, name))
+    raise
+  return report
+
+
+def _write(out: str, builder: "_Builder", ids: list[str], problems: list[dict], settings: dict, *, found: int,
+           split_by: str, seed: int, validation_fraction: float, records_per_shard: int, progress: bool) -> dict:
+  """Builds and writes every utterance of `ids`, appending what is skipped to `problems`; -> the report."""
+  written = collections.Counter()
   # CorpusWriter stores this dict under "source" when it closes; the counts are added before that.
   source = {"tool": "data_pipelines.preprocess", **settings}
   # Leaving the `with` by an exception closes the shard files without writing corpus.json.
   with shards.CorpusWriter(out, records_per_shard=records_per_shard, metadata=source) as writer:
     try:
-      for uid in tqdm.tqdm(sorted(audio), desc="preprocess", unit="utt", disable=not progress):
+      for uid in tqdm.tqdm(ids, desc="preprocess", unit="utt", disable=not progress):
         try:
           record = builder.build(uid)
           split = split_of(uid if split_by == "utterance" else record["speaker"], seed, validation_fraction)
@@ -303,8 +321,12 @@ def preprocess(out: str, audio_dir: str, motion_dir: str, *, transcripts: str | 
           written[split] += 1
         except Skip as skip:
           problems.append({"id": uid, "reason": skip.reason, "detail": skip.detail})
+        except trackers.MissingFrameRateError:  # a run-level setting is missing: every track would fail
+          raise
+        except Exception as e:  # noqa: BLE001  (one odd file must not end a long run)
+          problems.append({"id": uid, "reason": UNEXPECTED, "detail": f"{type(e).__name__}: {e}"})
     finally:  # the report is written however the loop ends
-      report = {"utterances_found": len(set(audio) | set(motion)), "written": dict(sorted(written.items())),
+      report = {"utterances_found": found, "written": dict(sorted(written.items())),
                 "skipped": dict(sorted(collections.Counter(p["reason"] for p in problems).items())),
                 "motion_formats": dict(builder.formats), "motion_source_fps": dict(builder.source_fps),
                 "notes": dict(builder.notes.most_common())}

@@ -23,6 +23,8 @@ import zlib
 from collections.abc import Iterator
 from typing import Self
 
+from absl import logging
+
 import numpy as np
 from array_record.python import array_record_data_source, array_record_module
 
@@ -37,7 +39,7 @@ METADATA_FILE = "corpus.json"
 STD_FLOOR = 1e-3  # a constant motion dimension normalises to 0 instead of dividing by ~0
 _PREFIX = struct.Struct("<4sB3xI")
 _ARRAYS = (("mel", np.float16), ("motion", np.float32))
-_STRINGS = ("id", "speaker", "text")
+STRINGS = ("id", "speaker", "text")  # the string fields of a record
 
 
 class BadRecordError(ValueError):
@@ -50,10 +52,10 @@ class BadShardError(BadRecordError):
 
 def validate(record: dict, spec: MotionSpec = MOTION_SPEC) -> None:
   """Raises ValueError with the reason if `record` breaks the schema (dtypes exact, as stored)."""
-  missing = [k for k in (*_STRINGS, "mel", "motion") if k not in record]
+  missing = [k for k in (*STRINGS, "mel", "motion") if k not in record]
   if missing:
     raise ValueError(f"missing fields {missing}")
-  for key in _STRINGS:
+  for key in STRINGS:
     if not isinstance(record[key], str):
       raise ValueError(f"{key} is {type(record[key]).__name__}, not str")  # noqa: TRY004 (one error type for bad records)
   if not record["id"]:
@@ -88,7 +90,7 @@ def serialize(record: dict, spec: MotionSpec = MOTION_SPEC) -> bytes:
       with np.errstate(over="ignore"):  # overflow to inf in float16 is caught by validate
         record[key] = np.ascontiguousarray(record[key], dtype=dtype)
   validate(record, spec)
-  header = {k: record[k] for k in _STRINGS}
+  header = {k: record[k] for k in STRINGS}
   header["arrays"] = {k: {"dtype": np.dtype(d).name, "shape": list(record[k].shape)} for k, d in _ARRAYS}
   header_bytes = json.dumps(header, sort_keys=True, ensure_ascii=False).encode("utf-8")
   body = b"".join([_PREFIX.pack(MAGIC, VERSION, len(header_bytes)), header_bytes,
@@ -106,16 +108,19 @@ def deserialize(data: bytes, spec: MotionSpec = MOTION_SPEC) -> dict:
   magic, version, header_len = _PREFIX.unpack_from(body)
   if magic != MAGIC or version != VERSION:
     raise ValueError(f"not a jamflow record (magic {magic!r}, version {version})")
-  header = json.loads(body[_PREFIX.size:_PREFIX.size + header_len].decode("utf-8"))
-  record, offset = {k: header[k] for k in _STRINGS}, _PREFIX.size + header_len
-  for key, dtype in _ARRAYS:
-    info = header["arrays"][key]
-    if info["dtype"] != np.dtype(dtype).name:
-      raise ValueError(f"{key} stored as {info['dtype']}, expected {np.dtype(dtype).name}")
-    count = int(np.prod(info["shape"]))
-    array = np.frombuffer(body, np.dtype(dtype).newbyteorder("<"), count, offset)
-    record[key] = array.astype(dtype).reshape(info["shape"])
-    offset += array.nbytes
+  try:
+    header = json.loads(body[_PREFIX.size:_PREFIX.size + header_len].decode("utf-8"))
+    record, offset = {k: header[k] for k in STRINGS}, _PREFIX.size + header_len
+    for key, dtype in _ARRAYS:
+      info = header["arrays"][key]
+      if info["dtype"] != np.dtype(dtype).name:
+        raise ValueError(f"{key} stored as {info['dtype']}, expected {np.dtype(dtype).name}")
+      count = int(np.prod(info["shape"]))
+      array = np.frombuffer(body, np.dtype(dtype).newbyteorder("<"), count, offset)
+      record[key] = array.astype(dtype).reshape(info["shape"])
+      offset += array.nbytes
+  except (KeyError, TypeError, IndexError) as e:  # a header of the wrong shape, however it passed the CRC
+    raise ValueError(f"malformed record header ({type(e).__name__}: {e})") from e
   if offset != len(body):
     raise ValueError(f"record has {len(body) - offset} unexpected trailing bytes")
   validate(record, spec)
@@ -240,57 +245,55 @@ class CorpusWriter:
 
 
 class ShardedSplit:
-  """Random access to one split of a corpus: `len`, `[i] -> record`, `lengths` [N], `describe(i)`.
+  """Random access to one split of a corpus: `len`, `[i] -> record`, `lengths` [N] (from corpus.json).
 
-  Shards are opened (and their record counts checked against corpus.json) up front. With
-  `on_bad="skip"`, an unreadable shard is dropped with a warning and counted in
-  `skipped_shards`; with "fail" it raises BadShardError naming the file.
+  Shards are opened (and their record counts checked against corpus.json) up front. An unreadable
+  shard raises BadShardError naming the file with `on_bad="fail"`; with "skip" it is logged and
+  listed in `skipped_shards`, and reading one of its records raises BadShardError, which the loader
+  treats like any bad record. Its records stay in `lengths`, so every process plans the same batches
+  whichever shards it can read.
   """
 
   def __init__(self, directory: str, split: str, shards: list[dict], spec: MotionSpec, on_bad: str = "fail"):
     if on_bad not in ("fail", "skip"):
       raise ValueError(f"bad-record policy {on_bad!r}; choose fail or skip")
-    self.spec, self.on_bad, self.skipped_shards = spec, on_bad, []
-    self._paths, self._sources, lengths = [], [], []
+    self.spec, self.skipped_shards = spec, []
+    self._paths, self._sources = [], []
     for shard in shards:
       path = os.path.join(directory, shard["file"])
+      if len(shard["mel_frames"]) != shard["num_records"]:
+        raise BadShardError(f"{os.path.join(directory, METADATA_FILE)}: {shard['file']} lists "
+                            f"{len(shard['mel_frames'])} lengths for {shard['num_records']} records")
       try:
         source = _open_shard(path)
         if len(source) != shard["num_records"]:
           raise BadShardError(f"{path}: holds {len(source)} records but {METADATA_FILE} lists "
                               f"{shard['num_records']} (truncated or replaced shard)")
-      except BadShardError:
+      except BadShardError as e:
         if on_bad == "fail":
           raise
+        logging.warning("data.on_bad_record=skip: %s; its %d records will be skipped", e, shard["num_records"])
         self.skipped_shards.append(path)
-        continue
+        source = None
       self._paths.append(path)
       self._sources.append(source)
-      lengths.append(np.asarray(shard["mel_frames"], np.int32))
-    if not self._sources:
-      raise BadShardError(f"{directory}: split {split!r} has no readable shards")
-    self.lengths = np.concatenate(lengths)
-    self._starts = np.cumsum([0] + [len(s) for s in self._sources])
+    if not shards:
+      raise BadShardError(f"{directory}: split {split!r} has no shards")
+    self.lengths = np.concatenate([np.asarray(s["mel_frames"], np.int32) for s in shards])
+    self._starts = np.cumsum([0] + [s["num_records"] for s in shards])
 
   def __len__(self) -> int:
     return int(self._starts[-1])
 
-  def _locate(self, index: int) -> tuple[int, int]:
+  def __getitem__(self, index: int) -> dict:
     if not 0 <= index < len(self):
       raise IndexError(f"record {index} of a split with {len(self)} records")
     shard = int(np.searchsorted(self._starts, index, side="right")) - 1
-    return shard, index - int(self._starts[shard])
-
-  def describe(self, index: int) -> str:
-    """Global index -> "shard path: record i" (for messages)."""
-    shard, local = self._locate(index)
-    return f"{self._paths[shard]}: record {local}"
-
-  def __getitem__(self, index: int) -> dict:
-    shard, local = self._locate(index)
-    path = self._paths[shard]
+    path, local, source = self._paths[shard], index - int(self._starts[shard]), self._sources[shard]
+    if source is None:
+      raise BadShardError(f"{path}: record {local}: the shard is unreadable (skipped)")
     try:
-      record = deserialize(self._sources[shard][local], self.spec)
+      record = deserialize(source[local], self.spec)
     except ValueError as e:
       raise BadRecordError(f"{path}: record {local}: {e}") from e
     if record["mel"].shape[0] != self.lengths[index]:
@@ -314,10 +317,12 @@ class Corpus:
       raise BadShardError(f"{path}: format {self.metadata.get('format')!r} version "
                           f"{self.metadata.get('version')!r}; this build reads {FORMAT!r} version {VERSION}")
     motion = self.metadata["motion"]
-    self.spec = MotionSpec(parts=tuple((n, int(s)) for n, s in motion["parts"]), fps=float(motion["fps"]),
-                           rotations=tuple(motion["rotations"]))
+    self.spec = MotionSpec.from_json(motion)
     self.motion_mean = np.asarray(motion["mean"], np.float32)
     self.motion_std = np.asarray(motion["std"], np.float32)
+    if self.motion_mean.shape != (self.spec.dim,) or self.motion_std.shape != (self.spec.dim,) \
+        or not np.all(self.motion_std > 0) or not np.all(np.isfinite(self.motion_mean)):
+      raise BadShardError(f"{path}: motion mean/std must be {self.spec.dim} finite values (std > 0)")
 
   @property
   def splits(self) -> tuple[str, ...]:

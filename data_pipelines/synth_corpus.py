@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import time
+import uuid
 
 import numpy as np
 import tqdm
@@ -123,7 +124,8 @@ def validation_sentences(order: np.ndarray, fraction: float) -> set[int]:
   return {int(i) for i in order[steps]}
 
 
-def _sha256(path: str | os.PathLike) -> str:
+def sentences_digest(path: str | os.PathLike = DEFAULT_SENTENCES) -> str:
+  """sha256 of a sentence list (part of the built-in corpus' cache key)."""
   with open(path, "rb") as f:
     return hashlib.sha256(f.read()).hexdigest()
 
@@ -148,15 +150,14 @@ def build_corpus(out_dir: str | os.PathLike, *, num_utterances: int, seed: int,
       "generator": GENERATOR, "generator_version": GENERATOR_VERSION, "seed": seed,
       "num_utterances_requested": num_utterances, "validation_fraction": validation_fraction,
       "max_seconds": max_seconds, "espeak_version": engine.version,
-      "sentences_file": os.path.basename(sentences_path), "sentences_sha256": _sha256(sentences_path),
+      "sentences_file": os.path.basename(sentences_path), "sentences_sha256": sentences_digest(sentences_path),
       "num_sentences": len(sentences), "num_validation_sentences": len(validation),
       "speakers": {name: dataclasses.asdict(voice) for name, voice in SPEAKERS.items()},
       "motion": "data_pipelines.synth_motion.synth_motion (its docstring documents the truth)",
   }
   parent, name = os.path.split(out_dir)
   os.makedirs(parent, exist_ok=True)
-  partial = os.path.join(parent, f".{name}.partial-{os.getpid()}")
-  shutil.rmtree(partial, ignore_errors=True)
+  partial = os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex}")  # unique across hosts too
   started = time.perf_counter()
   max_frames = (math.inf if max_seconds is None
                 else mel_lib.num_frames(round(max_seconds * mel_lib.SAMPLE_RATE)))
@@ -164,7 +165,11 @@ def build_corpus(out_dir: str | os.PathLike, *, num_utterances: int, seed: int,
   try:
     with shards.CorpusWriter(partial, metadata=metadata) as writer:
       for index in tqdm.trange(num_utterances, desc=f"building {name}", unit="utt", disable=not progress):
-        sentence_index, record = utterance(index, seed, sentences, order, engine)
+        try:
+          sentence_index, record = utterance(index, seed, sentences, order, engine)
+        except Exception as e:
+          raise RuntimeError(f"utterance {index} (sentence {sentences[order[index % len(sentences)]]!r}): "
+                             f"{e}") from e
         if record["mel"].shape[0] > max_frames:
           dropped += 1
           continue
@@ -172,9 +177,15 @@ def build_corpus(out_dir: str | os.PathLike, *, num_utterances: int, seed: int,
       if dropped == num_utterances:
         raise ValueError(f"all {num_utterances} utterances are longer than max_seconds={max_seconds}")
       writer.metadata = {**metadata, "num_dropped_too_long": dropped}  # written by close()
-    if os.path.isdir(out_dir):
-      os.rmdir(out_dir)  # empty (checked above)
-    os.rename(partial, out_dir)
+    try:
+      if os.path.isdir(out_dir):
+        os.rmdir(out_dir)  # empty (checked above)
+      os.rename(partial, out_dir)
+    except OSError:
+      # Another process finished the same build first (same arguments, same bytes): keep its copy.
+      if not os.path.exists(os.path.join(out_dir, shards.METADATA_FILE)):
+        raise
+      shutil.rmtree(partial, ignore_errors=True)
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)
     raise

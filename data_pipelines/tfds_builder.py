@@ -32,7 +32,6 @@ from jamflow_jax.motion.spec import MOTION_SPEC, MotionSpec
 
 NAME = "jamflow_corpus"
 FILE_FORMAT = "array_record"  # random access for grain; needs no TensorFlow to write or read
-_STRINGS = ("id", "speaker", "text")
 _PREPARE_COMMAND = "python -m data_pipelines.tfds_builder --corpus=CORPUS_DIR --data_dir={data_dir}"
 
 
@@ -40,12 +39,6 @@ def _fingerprint(corpus_dir: str) -> str:
   """sha256 of corpus.json: it lists every shard, record count and length, so it names the corpus' content."""
   with open(os.path.join(corpus_dir, shards.METADATA_FILE), "rb") as f:
     return hashlib.sha256(f.read()).hexdigest()
-
-
-def _motion_spec(motion: dict) -> MotionSpec:
-  """corpus.json's "motion" description -> the MotionSpec records are validated against."""
-  return MotionSpec(parts=tuple((n, int(s)) for n, s in motion["parts"]), fps=float(motion["fps"]),
-                    rotations=tuple(motion["rotations"]))
 
 
 class JamflowCorpus(tfds.core.GeneratorBasedBuilder):
@@ -110,7 +103,7 @@ class JamflowCorpus(tfds.core.GeneratorBasedBuilder):
     """(index, record) in corpus order; `split[i]` validates and checks the length against corpus.json."""
     for index in range(len(split)):
       record = split[index]
-      yield index, {key: record[key] for key in (*_STRINGS, "mel", "motion")}
+      yield index, {key: record[key] for key in (*shards.STRINGS, "mel", "motion")}
 
 
 def prepare(corpus_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
@@ -171,8 +164,8 @@ class TfdsSplit:
     if "motion" not in metadata or split not in metadata.get("mel_frames", {}):
       raise ValueError(f"{self._where}: the metadata has no motion description or mel lengths; "
                        f"is it a jamflow corpus? (prepare one with `{prepare_hint}`)")
-    self.motion = dict(metadata["motion"])
-    self.spec = _motion_spec(self.motion)
+    self.motion, self.audio = dict(metadata["motion"]), dict(metadata["audio"])
+    self.spec = MotionSpec.from_json(self.motion)
     self.lengths = np.asarray(metadata["mel_frames"][split], np.int32)
     self._source = builder.as_data_source(split=split)  # what tfds.data_source(name, ...) returns
     if len(self._source) != self.lengths.size:
@@ -191,7 +184,7 @@ class TfdsSplit:
       raise IndexError(f"record {index} of a split with {len(self)} records")
     try:
       example = self._source[index]
-      record = {key: example[key].decode("utf-8") for key in _STRINGS}
+      record = {key: example[key].decode("utf-8") for key in shards.STRINGS}
       record["mel"], record["motion"] = example["mel"], example["motion"]
       shards.validate(record, self.spec)
     except (ValueError, protobuf_message.DecodeError) as e:  # UnicodeDecodeError is a ValueError

@@ -8,6 +8,7 @@ import math
 
 import ml_collections
 
+from jamflow_jax import text as text_lib
 from jamflow_jax.motion.spec import motion_frames_for
 
 TASKS = ("joint", "tts", "a2m", "m2a")
@@ -67,6 +68,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for name in ("audio_width", "motion_width"):
     if m[name] % m.conv_pos_groups:
       raise ConfigError(f"model.{name}={m[name]} is not divisible by model.conv_pos_groups={m.conv_pos_groups}")
+  if m.text_vocab_size < text_lib.VOCAB_SIZE:
+    raise ConfigError(f"model.text_vocab_size={m.text_vocab_size} is smaller than the {text_lib.VOCAB_SIZE} "
+                      "ids of jamflow_jax.text")
   if m.head_dim % 2:
     raise ConfigError(f"model.head_dim={m.head_dim} must be even (RoPE rotates pairs)")
   if m.joint_window_s < 0:

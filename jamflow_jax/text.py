@@ -1,7 +1,8 @@
 """Transcripts -> token ids for the F5-style text encoder.
 
-The vocabulary is Unicode code points 1..255 (Latin-1) after NFKC normalisation and a few
-typographic replacements; id 0 is the filler that pads the ids to the mel length (F5-TTS).
+The vocabulary is Unicode code points 1..255 (Latin-1) after NFC normalisation (composed accents)
+and a few typographic replacements (curly quotes, dashes, ellipsis); id 0 is the filler that pads
+the ids to the mel length (F5-TTS).
 Characters outside it (and control characters) are refused, naming the character and where it is,
 so a transcript is never silently altered.
 """
@@ -21,8 +22,8 @@ class TextError(ValueError):
 
 
 def normalize(text: str) -> str:
-  """NFKC, typographic quotes/dashes to ASCII, whitespace runs to one space, stripped."""
-  text = unicodedata.normalize("NFKC", text).translate(_REPLACEMENTS)
+  """NFC, typographic quotes/dashes to ASCII, whitespace runs to one space, stripped."""
+  text = unicodedata.normalize("NFC", text).translate(_REPLACEMENTS)
   return " ".join(text.split())
 
 

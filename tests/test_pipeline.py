@@ -1,5 +1,6 @@
 """The grain pipeline: bucketed plans, per-process slices, the batch contract, exact resume."""
 
+import os
 import subprocess
 import sys
 
@@ -10,10 +11,11 @@ from absl import flags
 from conftest import write_random_corpus
 
 from configs.base import get_config
-from data_pipelines import pipeline, shards
+from data_pipelines import builtin, pipeline, shards
 from jamflow_jax import checkpoint as checkpoint_lib
 from jamflow_jax import text as text_lib
 from jamflow_jax import train as train_lib
+from jamflow_jax.config import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def test_batch_contract(corpus):
       np.testing.assert_allclose(batch["motion"][row, :tm] * corpus.motion_std + corpus.motion_mean,
                                  record["motion"], atol=1e-5)
       np.testing.assert_array_equal(batch["text"][row], text_lib.pad_to(text_lib.encode(record["text"]), length))
-  assert iterator.get_state() == {"next_index": 3}
+  assert iterator.get_state() == {"grain": {"next_index": 3}, "plan": plan.fingerprint}
 
 
 def test_processes_get_disjoint_slices_covering_the_data(corpus):
@@ -126,12 +128,10 @@ def test_bad_record_policy(tmp_path):
     def __len__(self):
       return len(source)
 
-    def describe(self, index):
-      return source.describe(index)
-
     def __getitem__(self, index):
       if index == victim:
-        raise shards.BadRecordError(f"{source.describe(index)}: checksum mismatch (corrupt record)")
+        raise shards.BadRecordError(f"{corpus.directory}/train-00000.array_record: record {index}: checksum "
+                                    "mismatch (corrupt record)")
       return source[index]
 
   with pytest.raises(shards.BadRecordError, match=r"train-\d+.array_record: record \d+: checksum mismatch"):
@@ -174,3 +174,46 @@ def test_main_names_a_truncated_shard_in_one_line(tmp_path):
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith(f"data error: {path}: "), proc.stderr[-2000:]
+
+
+def test_a_position_saved_for_another_plan_restarts_the_data(corpus):
+  make = lambda config: pipeline.make_iterator(*pipeline.open_source(config), config)  # noqa: E731
+  first = next(make(_config(corpus)))
+  other = _config(corpus)
+  other.train.seed += 1
+  foreign = make(other).get_state()
+  # Another batch plan's position, and the synthetic source's state: both restart at the first batch.
+  for state in ({**foreign, "grain": {"next_index": 2}}, {"index": 5}):
+    resumed = make(_config(corpus))
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)["mel"], first["mel"])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data.motion_fps": 30.0}, "data.motion_fps=30.0 but the data was made with 25.0"),
+    ({"data.hop_length": 240}, "data.hop_length=240 but the data was made with 256"),
+    ({"data.max_mel_frames": 17}, "at most data.max_mel_frames=17 mel frames"),
+    ({"data.split": "test"}, "data.split='test'"),
+    ({"model.motion_dim": 58}, "model.motion_dim=58"),
+])
+def test_data_that_does_not_fit_the_config_is_a_config_error(corpus, change, message):
+  config = _config(corpus)
+  for key, value in change.items():
+    section, name = key.split(".")
+    config[section][name] = value
+  with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    pipeline.make_iterator(*pipeline.open_source(config), config)
+
+
+def test_the_builtin_corpus_is_built_once_into_the_cache(tmp_path):
+  config = get_config("demo")
+  config.data.corpus.cache_dir, config.data.corpus.num_utterances = str(tmp_path), 12
+  source, motion = pipeline.open_source(config)
+  path = builtin.corpus_dir(config)
+  assert os.path.dirname(path) == str(tmp_path) and os.listdir(tmp_path) == [os.path.basename(path)]
+  stamp = os.stat(os.path.join(path, shards.METADATA_FILE)).st_mtime_ns
+  again, _ = pipeline.open_source(config)
+  assert os.stat(os.path.join(path, shards.METADATA_FILE)).st_mtime_ns == stamp
+  assert len(source) == len(again) > 8 and motion["parts"][0] == ["expression", 50]
+  batch = next(pipeline.make_iterator(source, motion, config))
+  assert batch["mel"].shape[0] == 8 and (batch["text"] > 0).sum(axis=1).min() > 10  # every row has its transcript

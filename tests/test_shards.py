@@ -88,6 +88,11 @@ def _raw(record) -> bytes:
   return body + struct.pack("<I", zlib.crc32(body))
 
 
+def _reseal(data: bytes) -> bytes:
+  """A new CRC over an edited record, so the edit is what the reader meets."""
+  return data[:-4] + struct.pack("<I", zlib.crc32(data[:-4]))
+
+
 def _write_shard(path, payloads):
   writer = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
   for p in payloads:
@@ -102,6 +107,7 @@ def _write_shard(path, payloads):
     (_raw(_record(motion=np.zeros((5, 61), np.float32))), "motion has 5 frames"),
     (_raw(_record())[:-40] + _raw(_record())[-4:], "checksum mismatch"),
     (b"\x00" * 64, "checksum mismatch"),
+    (_reseal(_raw(_record()).replace(b'"arrays"', b'"arrayz"')), "malformed record header"),
 ])
 def test_bad_record_is_refused_when_read(tmp_path, payload, reason):
   path = tmp_path / "train-00000.array_record"
@@ -123,8 +129,11 @@ def test_truncated_shard_fails_or_is_skipped(tmp_path):
   with pytest.raises(shards.BadShardError, match="train-00001.array_record"):
     list(shards.read_records(path))
   split = shards.Corpus(tmp_path).split("train", on_bad="skip")
-  assert split.skipped_shards == [str(path)] and len(split) == 16 and split.lengths.shape == (16,)
+  # The skipped shard's records stay in the plan (every process plans the same batches) and read as bad.
+  assert split.skipped_shards == [str(path)] and len(split) == 32 and split.lengths.shape == (32,)
   assert [split[i]["id"] for i in range(2)] == ["utt-0000", "utt-0001"]
+  with pytest.raises(shards.BadShardError, match=r"train-00001.array_record: record 3: the shard is unreadable"):
+    split[19]
 
 
 def test_missing_corpus_json_names_the_directory(tmp_path):

@@ -69,6 +69,12 @@ class MotionSpec:
   def to_json(self) -> dict:
     return {"parts": [list(p) for p in self.parts], "fps": self.fps, "rotations": list(self.rotations)}
 
+  @classmethod
+  def from_json(cls, description: dict) -> "MotionSpec":
+    """Inverse of `to_json` (extra keys, e.g. corpus.json's mean/std, are ignored)."""
+    return cls(parts=tuple((str(n), int(s)) for n, s in description["parts"]), fps=float(description["fps"]),
+               rotations=tuple(description["rotations"]))
+
 
 MOTION_SPEC = MotionSpec()
 
