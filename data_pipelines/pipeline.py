@@ -28,8 +28,8 @@ import numpy as np
 from absl import logging
 
 from data_pipelines.shards import BadRecordError
-from jamflow_jax.config import ConfigError
 from jamflow_jax import text as text_lib
+from jamflow_jax.config import ConfigError
 from jamflow_jax.motion.spec import motion_frames_for
 
 _UNBOUNDED = 2**62  # "repeat forever": batch indices are never exhausted in practice
@@ -51,7 +51,7 @@ def bucket_lengths(lengths: np.ndarray, num_buckets: int, multiple: int, max_len
   return tuple(int(b) for b in np.unique(rounded))
 
 
-@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (for the epoch cache)
+@dataclasses.dataclass(frozen=True, eq=False)  # compared by identity: it holds an array
 class BatchPlan:
   """Which records form global batch i, and its padded length (same answer on every process)."""
 
@@ -90,7 +90,7 @@ class BatchPlan:
     """-> (record indices [batches, B], padded length [batches]) of one epoch."""
     if epoch not in self._epochs:
       if len(self._epochs) >= 2:  # loader threads only ever straddle two epochs
-        self._epochs.pop(min(self._epochs))
+        self._epochs.pop(min(self._epochs), None)  # None: another loader thread got there first
       self._epochs[epoch] = self._plan_epoch(epoch)
     return self._epochs[epoch]
 
