@@ -8,31 +8,21 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import write_random_corpus
 
 from configs.base import get_config
 from data_pipelines import pipeline, shards, tfds_builder
 from jamflow_jax.motion.spec import motion_frames_for
 
-SPLITS = {"train": 24, "validation": 5}
+SPLITS = {"train": 25, "validation": 5}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _record(rng: np.random.Generator, split: str, index: int) -> dict:
-  """A valid random utterance: mel float32 [T, 100] (stored as float16), motion [T_m, 61]."""
-  frames = int(rng.integers(16, 48))
-  return {"id": f"{split}-{index:03d}", "speaker": f"spk{index % 3}", "text": "hello world",
-          "mel": rng.normal(-4.0, 2.0, (frames, 100)).astype(np.float32),
-          "motion": rng.normal(0.5, 0.3, (motion_frames_for(frames), 61)).astype(np.float32)}
 
 
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory) -> str:
   directory = tmp_path_factory.mktemp("corpus")
-  rng = np.random.default_rng(0)
-  with shards.CorpusWriter(directory, records_per_shard=10) as writer:  # several shards per split
-    for split, count in SPLITS.items():
-      for index in range(count):
-        writer.add(split, _record(rng, split, index))
+  # 30 records, every 6th in validation, 10 per shard: several shards per split.
+  write_random_corpus(directory, 30, min_frames=16, max_frames=47, records_per_shard=10, validation_every=6)
   return str(directory)
 
 
@@ -132,13 +122,12 @@ def test_prepare_reuses_or_overwrites(corpus_dir, tmp_path):
   assert again.info.splits["train"].num_examples == SPLITS["train"]
   assert os.stat(info_file).st_mtime_ns == written
   other = tmp_path / "other"
-  with shards.CorpusWriter(other) as writer:
-    writer.add("train", _record(np.random.default_rng(1), "train", 0))
+  write_random_corpus(other, 1, seed=1, validation_every=2)
   with pytest.raises(ValueError, match="--overwrite"):
     tfds_builder.prepare(other, data_dir)
   tfds_builder.prepare(other, data_dir, overwrite=True)
   source = tfds_builder.TfdsSplit(tfds_builder.NAME, data_dir, "train")
-  assert len(source) == 1 and source[0]["id"] == "train-000"
+  assert len(source) == 1 and source[0]["id"] == "utt-0000"
   assert source.motion == shards.Corpus(other).metadata["motion"]
 
 
@@ -146,5 +135,6 @@ def test_command_line(corpus_dir, tmp_path):
   flags = [f"--corpus={corpus_dir}", f"--data_dir={tmp_path}"]
   result = subprocess.run([sys.executable, "-m", "data_pipelines.tfds_builder", *flags], capture_output=True,
                           text=True, check=True, timeout=120, cwd=REPO)
-  assert f"is prepared in {tmp_path}/jamflow_corpus/1.0.0 (train 24, validation 5 records)" in result.stdout
+  counts = f"(train {SPLITS['train']}, validation {SPLITS['validation']} records)"
+  assert f"is prepared in {tmp_path}/jamflow_corpus/1.0.0 {counts}" in result.stdout
   assert len(tfds_builder.TfdsSplit(tfds_builder.NAME, tmp_path, "train")) == SPLITS["train"]
