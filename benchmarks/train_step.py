@@ -22,14 +22,14 @@ from common import override, print_table  # noqa: E402  (benchmarks/common.py)
 
 from configs.base import get_config  # noqa: E402
 from data_pipelines.synthetic import SyntheticBatches  # noqa: E402
-from jamflow_jax import config as config_lib, flops, model as model_lib, sharding, train  # noqa: E402
+from jamflow_jax import aot, config as config_lib, flops, model as model_lib  # noqa: E402
 
 _PRESETS = flags.DEFINE_list("presets", ["tiny", "demo"], "presets of configs/base.py to measure")
 _STEPS = flags.DEFINE_integer("steps", 20, "timed steps per preset (after 2 warm-up steps)")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "global batch size (0 = the preset's)")
 _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "report parameters and memory only")
 _TOPOLOGY = flags.DEFINE_string(
-    "topology", "", "compile ahead of time for a Cloud TPU topology instead of running, e.g. v5p:2x2x2 "
+    "topology", "", "compile ahead of time for a Cloud TPU topology instead of running, e.g. v5p:2x2x2 or v5p-64 "
     "(needs `pip install jax[tpu]` at the installed jax version; run with JAX_PLATFORMS=cpu)")
 _SET = flags.DEFINE_multi_string("set", [], "config override a.b=value (Python literal), repeatable")
 
@@ -41,25 +41,13 @@ def measure(preset: str) -> dict:
     config.train.batch_size = _BATCH.value
   for assignment in _SET.value:
     override(config, assignment)
-  devices = jax.devices()
-  if _TOPOLOGY.value:
-    from jax.experimental import topologies
-    devices = topologies.get_topology_desc(topology_name=_TOPOLOGY.value, platform="tpu").devices
+  devices = aot.topology_devices(_TOPOLOGY.value) if _TOPOLOGY.value else jax.devices()
   config_lib.validate(config, len(devices))
-  mesh = sharding.make_mesh(config, devices)
-  trainer = train.Trainer(config, mesh)
+  batch = SyntheticBatches(config).make_batch(0)
+  trainer, compiled = aot.compile_train_step(config, devices, batch)
   row = {"preset": preset, "params_M": model_lib.count_params(model_lib.abstract_params(config)) / 1e6,
-         "batch": config.train.batch_size, "mesh": "x".join(str(s) for s in mesh.shape.values())}
-  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_shardings[k])
-                    for k, v in SyntheticBatches(config).make_batch(0).items()}
-  with trainer.context():
-    compiled = trainer._jit_step.lower(trainer.abstract_state, abstract_batch).compile()
-  mem = compiled.memory_analysis()
-  if mem is not None:
-    total = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
-    row["mem_GiB/dev"] = total / 2**30
-    row["state+batch_GiB"] = mem.argument_size_in_bytes / 2**30
-    row["temp_GiB"] = mem.temp_size_in_bytes / 2**30
+         "batch": config.train.batch_size, "mesh": compiled["mesh"]}
+  row.update({k: compiled[k] for k in ("mem_GiB/dev", "args_GiB", "temp_GiB") if k in compiled})
   if _COMPILE_ONLY.value or _TOPOLOGY.value:
     return row
   source = SyntheticBatches(config)

@@ -40,7 +40,10 @@ def _base() -> ml_collections.ConfigDict:
   m.qk_norm = True
   m.joint_layers = tuple(range(1, 22, 2))
   m.joint_window_s = 0.5             # local cross-modal window, seconds either side
-  m.attention_impl = "xla"
+  m.attention_impl = "xla"           # xla (dense reference) | pallas (block-sparse kernel) | cudnn (GPU)
+  m.attention_backend = "auto"       # pallas lowering: auto (from the devices) | triton | mosaic_tpu | interpret
+  m.attention_block_q = 0            # pallas query / key block sizes; 0 = the backend's default
+  m.attention_block_k = 0
   m.dtype = "bfloat16"               # compute dtype; parameters stay float32
   m.remat = True                     # rematerialise each layer in the backward pass
 

@@ -41,8 +41,9 @@ class Checkpointer:
     if step is None:
       return None
     saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    # attention_* say how attention is computed, not what: a run may resume with another kernel.
     changed = sorted(k for k in set(saved["model"]) | set(self.config_json["model"])
-                     if saved["model"].get(k) != self.config_json["model"].get(k))
+                     if not k.startswith("attention_") and saved["model"].get(k) != self.config_json["model"].get(k))
     if changed:
       raise ConfigError(f"{self.directory} holds a model trained with other model.* settings ("
                         + ", ".join(f"{k}: {saved['model'].get(k)!r} -> {self.config_json['model'].get(k)!r}"

@@ -9,10 +9,11 @@ import math
 import ml_collections
 
 from jamflow_jax import text as text_lib
+from jamflow_jax.kernels.joint_attention import BACKENDS as ATTENTION_BACKENDS
 from jamflow_jax.motion.spec import motion_frames_for
 
 TASKS = ("joint", "tts", "a2m", "m2a")
-ATTENTION_IMPLS = ("xla",)
+ATTENTION_IMPLS = ("xla", "pallas", "cudnn")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -63,6 +64,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(f"model.joint_layers {tuple(m.joint_layers)} lists a layer twice")
   if m.attention_impl not in ATTENTION_IMPLS:
     raise ConfigError(f"model.attention_impl={m.attention_impl!r}; available: {', '.join(ATTENTION_IMPLS)}")
+  if m.attention_backend not in ATTENTION_BACKENDS:
+    raise ConfigError(f"model.attention_backend={m.attention_backend!r}; available: {', '.join(ATTENTION_BACKENDS)}")
+  for name in ("attention_block_q", "attention_block_k"):
+    if m[name] and (m[name] < 16 or m[name] & (m[name] - 1)):
+      raise ConfigError(f"model.{name}={m[name]} must be 0 (the backend's default) or a power of two >= 16")
   if m.dtype not in DTYPES:
     raise ConfigError(f"model.dtype={m.dtype!r}; choose one of {', '.join(DTYPES)}")
   for name in ("audio_width", "motion_width"):

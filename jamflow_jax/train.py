@@ -22,6 +22,7 @@ from flax import nnx, struct
 from jamflow_jax import checkpoint as checkpoint_lib
 from jamflow_jax import config as config_lib
 from jamflow_jax import flops, flow, metrics as metrics_lib, model as model_lib, sharding
+from jamflow_jax.model import attention
 
 BATCH_NDIM = {"mel": 3, "mel_valid": 2, "motion": 3, "motion_valid": 2, "text": 2}
 
@@ -60,6 +61,7 @@ class Trainer:
   """The model's graph, the state's shardings on `mesh`, and the jitted init and train step."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    config = attention.for_platform(config, mesh.devices.flat[0].platform)
     self.config, self.mesh = config, mesh
     self.tx = make_optimizer(config)
     self.schedule = learning_rate_schedule(config)

@@ -9,7 +9,7 @@ from flax import nnx
 from configs.base import get_config
 from jamflow_jax import sharding
 from jamflow_jax.config import joint_window_frames
-from jamflow_jax.model.attention import AUDIO, MOTION, joint_attention, joint_mask
+from jamflow_jax.model.attention import AUDIO, MOTION, AttentionOptions, joint_attention, joint_mask
 from jamflow_jax.model.dit import DualLayer, Tokens
 from jamflow_jax.model.rope import apply_rope, rope_angles
 
@@ -117,17 +117,18 @@ class TestLocalJointMaskInAJointLayer:
     self.motion_valid = jnp.ones((1, self.lm), bool).at[:, 15:].set(False)
     self.kick = jax.random.normal(rng[3], (32,))  # not a constant: LayerNorm would erase that
 
-  def audio_out(self, xm, window=None):
+  def audio_out(self, xm, window=None, attn=AttentionOptions("xla")):
     def tokens(mod, time, valid):
       return Tokens(jnp.full(valid.shape, mod, jnp.int32), time, valid, rope_angles(time, 16))
     ta = tokens(AUDIO, jnp.arange(self.la, dtype=jnp.float32)[None], jnp.ones((1, self.la), bool))
     tm = tokens(MOTION, jnp.arange(self.lm, dtype=jnp.float32)[None] * 3.75, self.motion_valid)
-    ya, _ = self.layer(self.xa, xm, self.temb, self.temb, ta, tm, self.window if window is None else window, "xla")
+    ya, _ = self.layer(self.xa, xm, self.temb, self.temb, ta, tm, self.window if window is None else window, attn)
     return ya
 
-  def test_far_motion_frame_does_not_reach_audio(self):
-    base = self.audio_out(self.xm)
-    moved = self.audio_out(self.xm.at[:, 4].add(self.kick))  # motion frame 4 sits at mel frame 15
+  @pytest.mark.parametrize("attn", [AttentionOptions("xla"), AttentionOptions("pallas", "interpret", 16, 16)])
+  def test_far_motion_frame_does_not_reach_audio(self, attn):
+    base = self.audio_out(self.xm, attn=attn)
+    moved = self.audio_out(self.xm.at[:, 4].add(self.kick), attn=attn)  # motion frame 4 sits at mel frame 15
     changed = np.nonzero(np.any(np.abs(np.asarray(moved - base)[0]) > 1e-6, axis=-1))[0]
     # exactly the audio frames within the window of time 15 see the change
     expected = np.nonzero(np.abs(np.arange(self.la) - 15.0) <= self.window)[0]

@@ -34,6 +34,8 @@ def test_motion_frames_follow_the_contract():
     (lambda c: setattr(c.data, "motion_fps", 200.0), "inconsistent frame rates"),
     (lambda c: setattr(c.train, "batch_size", 6), "train.batch_size=6 is not divisible by the 8 batch shards"),
     (lambda c: setattr(c.model, "attention_impl", "flash"), "model.attention_impl='flash'"),
+    (lambda c: setattr(c.model, "attention_backend", "cuda"), "model.attention_backend='cuda'; available: auto"),
+    (lambda c: setattr(c.model, "attention_block_q", 24), "model.attention_block_q=24 must be 0"),
     (lambda c: setattr(c.flow, "span_min", 0.0), "flow.span_min=0.0"),
 ])
 def test_bad_configs_fail_with_a_clear_message(override, message):

@@ -6,11 +6,13 @@ the sequence axis and one attention call under the local joint mask serves both;
 stream attends within itself.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from jamflow_jax.model.attention import joint_attention
+from jamflow_jax.model.attention import AttentionOptions, joint_attention
 from jamflow_jax.model.layers import AdaLNModulation, FeedForward, _init, layer_norm, modulate
 from jamflow_jax.model.rope import apply_rope
 from jamflow_jax.sharding import constrain
@@ -29,9 +31,9 @@ class Tokens:
     return jax.tree.map(lambda x, y: jnp.concatenate([x, y], axis=1), a, b)
 
 
-def attend(q, k, v, qt: Tokens, kt: Tokens, window: float, impl: str) -> jax.Array:
+def attend(q, k, v, qt: Tokens, kt: Tokens, window: float, attn: AttentionOptions) -> jax.Array:
   return joint_attention(q, k, v, q_mod=qt.mod, kv_mod=kt.mod, q_time=qt.time, kv_time=kt.time,
-                         q_valid=qt.valid, kv_valid=kt.valid, window=window, impl=impl)
+                         q_valid=qt.valid, kv_valid=kt.valid, window=window, **dataclasses.asdict(attn))
 
 
 class StreamBlock(nnx.Module):
@@ -82,16 +84,17 @@ class DualLayer(nnx.Module):
     self.audio = StreamBlock(audio_width, heads, head_dim, ff_mult, qk_norm, rngs=rngs, dtype=dtype)
     self.motion = StreamBlock(motion_width, heads, head_dim, ff_mult, qk_norm, rngs=rngs, dtype=dtype)
 
-  def __call__(self, xa, xm, temb_a, temb_m, ta: Tokens, tm: Tokens, window: float, impl: str):
+  def __call__(self, xa, xm, temb_a, temb_m, ta: Tokens, tm: Tokens, window: float,
+               attn: AttentionOptions):
     """xa [B, La, Wa], xm [B, Lm, Wm] -> updated (xa, xm)."""
     qa, ka, va, mods_a = self.audio.qkv(xa, temb_a, ta)
     qm, km, vm, mods_m = self.motion.qkv(xm, temb_m, tm)
     if self.joint:
       cat = lambda a, b: jnp.concatenate([a, b], axis=1)
       both = Tokens.concat(ta, tm)
-      o = attend(cat(qa, qm), cat(ka, km), cat(va, vm), both, both, window, impl)
+      o = attend(cat(qa, qm), cat(ka, km), cat(va, vm), both, both, window, attn)
       oa, om = o[:, : xa.shape[1]], o[:, xa.shape[1]:]
     else:
-      oa = attend(qa, ka, va, ta, ta, window, impl)
-      om = attend(qm, km, vm, tm, tm, window, impl)
+      oa = attend(qa, ka, va, ta, ta, window, attn)
+      om = attend(qm, km, vm, tm, tm, window, attn)
     return self.audio.finish(xa, oa, mods_a), self.motion.finish(xm, om, mods_m)

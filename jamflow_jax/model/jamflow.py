@@ -6,7 +6,7 @@ import ml_collections
 from flax import nnx, struct
 
 from jamflow_jax import config as config_lib
-from jamflow_jax.model.attention import AUDIO, MOTION
+from jamflow_jax.model.attention import AUDIO, MOTION, AttentionOptions
 from jamflow_jax.model.dit import DualLayer, Tokens
 from jamflow_jax.model.layers import (AdaLNModulation, ConvPositionEmbedding, TimestepEmbedding,
                                       layer_norm, linear, modulate)
@@ -55,7 +55,7 @@ class JamFlow(nnx.Module):
     self.head_dim, self.rope_theta = m.head_dim, m.rope_theta
     self.motion_step = config_lib.mel_fps(config) / config.data.motion_fps  # mel frames per motion frame
     self.window = config_lib.joint_window_frames(config)
-    self.impl, self.remat = m.attention_impl, m.remat
+    self.attention, self.remat = AttentionOptions.from_config(m), m.remat
 
     self.text = TextEncoder(m.text_vocab_size, m.text_dim, m.text_conv_layers, rngs=rngs, dtype=dtype)
     self.audio_in = linear(2 * m.mel_dim + m.text_dim, m.audio_width, (None, "embed"), rngs=rngs, dtype=dtype)
@@ -99,7 +99,7 @@ class JamFlow(nnx.Module):
     if self.remat:
       run = nnx.remat(run, static_argnums=(7, 8))
     for layer in self.layers:
-      ha, hm = run(layer, ha, hm, temb_a, temb_m, ta, tm, self.window, self.impl)
+      ha, hm = run(layer, ha, hm, temb_a, temb_m, ta, tm, self.window, self.attention)
     va = self.audio_head(ha, temb_a).astype(jnp.float32)
     vm = self.motion_head(hm, temb_m).astype(jnp.float32)
     return va, vm

@@ -1,0 +1,1 @@
+"""Pallas kernels; each has a plain-JAX reference beside it (jamflow_jax.model.attention)."""
