@@ -12,7 +12,7 @@ program loops over its list only, so blocks the mask leaves empty cost neither l
 
 Kernels see [B, H, L, D] (the wrapper transposes the model's [B, L, H, D]); the key side is also
 viewed as [B, H, n, block, D] so that a visited block is a leading-axis index (cheap on every
-lowering). Rows without an allowed key return 0, with log-sum-exp 0 and zero gradient (their
+lowering). Per-token vectors (codes, times, log-sum-exp, delta) are stored as rows [.., n, 1, block]. Rows without an allowed key return 0, with log-sum-exp 0 and zero gradient (their
 probabilities are masked to 0, never computed from -inf).
 
 Lowerings (`backend`): "triton" (GPU), "mosaic_tpu" (TPU), "interpret" (CPU, tests); "auto"
@@ -72,6 +72,18 @@ def _allowed(a_code, a_time, b_code, b_time, window: float):
   return both & ((a_code == b_code) | (jnp.abs(a_time - b_time) <= window))
 
 
+def _to_column(row):
+  """[1, n] -> [n, 1]. Per-token vectors travel as lane-dense rows (a [.., n, 1] array would pad
+  every value to a 128-lane tile in TPU HBM). Transposed as a tile-shaped (8, n) broadcast and
+  reduced back to one column, which every lowering supports (Triton has no slicing)."""
+  return jnp.transpose(jnp.broadcast_to(row, (8, row.shape[1]))).max(axis=1, keepdims=True)
+
+
+def _to_row(column):
+  """[n, 1] -> [1, n] (as _to_column, through an (n, 128) broadcast)."""
+  return jnp.transpose(jnp.broadcast_to(column, (column.shape[0], 128))).max(axis=0, keepdims=True)
+
+
 def _dot(a, b, trans_b: bool = False):
   dims = (((1,), (1 if trans_b else 0,)), ((), ()))
   return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
@@ -84,7 +96,7 @@ _NEG = -1e30
 def _forward_kernel(visits_ref, q_ref, k_ref, v_ref, qc_ref, qt_ref, kc_ref, kt_ref, o_ref, lse_ref,
                     *count_ref, plan: _Plan):
   row = pl.program_id(2)
-  q, q_code, q_time = q_ref[...], qc_ref[...], qt_ref[...]       # [bq, D], [bq, 1], [bq, 1]
+  q, q_code, q_time = q_ref[...], _to_column(qc_ref[...]), _to_column(qt_ref[...])  # [bq, D], [bq, 1] x 2
   bq, d = q.shape
 
   def visit(i, carry):
@@ -108,14 +120,14 @@ def _forward_kernel(visits_ref, q_ref, k_ref, v_ref, qc_ref, qt_ref, kc_ref, kt_
   has_key = l > 0
   l_safe = jnp.where(has_key, l, 1.0)
   o_ref[...] = jnp.where(has_key, acc / l_safe, 0.0).astype(o_ref.dtype)
-  lse_ref[...] = jnp.where(has_key, m + jnp.log(l_safe), 0.0)
+  lse_ref[...] = _to_row(jnp.where(has_key, m + jnp.log(l_safe), 0.0))
 
 
 def _dq_kernel(visits_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qc_ref, qt_ref, kc_ref,
                kt_ref, dq_ref, *, plan: _Plan):
   row = pl.program_id(2)
-  q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
-  q_code, q_time = qc_ref[...], qt_ref[...]
+  q, do = q_ref[...], do_ref[...]
+  lse, delta, q_code, q_time = (_to_column(r[...]) for r in (lse_ref, delta_ref, qc_ref, qt_ref))
 
   def visit(i, dq):
     j = visits_ref[row, 1 + i]
@@ -133,7 +145,7 @@ def _dkv_kernel(visits_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qc_
                 kt_ref, dk_ref, dv_ref, *, plan: _Plan):
   # Transposed: key rows [bk, ...] against query columns, so lse / delta are read as rows [1, bq].
   row = pl.program_id(2)
-  k, v, k_code, k_time = k_ref[...], v_ref[...], kc_ref[...], kt_ref[...]
+  k, v, k_code, k_time = k_ref[...], v_ref[...], _to_column(kc_ref[...]), _to_column(kt_ref[...])
 
   def visit(idx, carry):
     dk, dv = carry
@@ -199,8 +211,13 @@ def _all(plan: _Plan, n: int, block: int, width: int) -> pl.BlockSpec:
 
 
 def _own_meta(block: int) -> pl.BlockSpec:
-  """This program's token codes / times as a column [block, 1] of a [B, L, 1] array."""
-  return pl.BlockSpec((None, block, 1), lambda b, h, i: (b, i, 0))
+  """This program's token codes / times, a row [1, block] of a [B, n, 1, block] array."""
+  return pl.BlockSpec((None, None, 1, block), lambda b, h, i: (b, i, 0, 0))
+
+
+def _own_row(block: int) -> pl.BlockSpec:
+  """This program's row [1, block] of a per-query [B, H, n, 1, block] array (lse, delta)."""
+  return pl.BlockSpec((None, None, None, 1, block), lambda b, h, i: (b, h, i, 0, 0))
 
 
 def _all_meta(plan: _Plan, n: int, block: int) -> pl.BlockSpec:
@@ -223,23 +240,19 @@ jax.tree_util.register_dataclass(_Meta, data_fields=[f.name for f in dataclasses
                                  meta_fields=[])
 
 
-def _column(x):
-  return x[:, :, None]
-
-
 def _rows(x, block: int):
   b, length = x.shape
   return x.reshape(b, length // block, 1, block)
 
 
 def _forward(plan: _Plan, q, k, v, meta: _Meta):
-  """q [B, H, Lq, D], k / v [B, H, Lk, D] (block multiples) -> out [B, H, Lq, D], lse [B, H, Lq, 1]."""
+  """q [B, H, Lq, D], k / v [B, H, Lk, D] (block multiples) -> out [B, H, Lq, D], lse [B, H, nq, 1, bq]."""
   b, h, lq, d = q.shape
   lk = k.shape[2]
   bq, bk = plan.block_q, plan.block_k
   nq, nk = lq // bq, lk // bk
-  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, lq, 1), jnp.float32)]
-  out_specs = [_own(bq, d), _own(bq, 1)]
+  out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, nq, 1, bq), jnp.float32)]
+  out_specs = [_own(bq, d), _own_row(bq)]
   if plan.count_visits:
     out_shape.append(jax.ShapeDtypeStruct((b, h, nq, nk), jnp.int32))
     out_specs.append(pl.BlockSpec((None, None, None, nk), lambda b, h, i: (b, h, i, 0)))
@@ -250,7 +263,7 @@ def _forward(plan: _Plan, q, k, v, meta: _Meta):
       out_specs=out_specs, out_shape=out_shape, name="joint_attention_fwd", **_call_options(plan, d),
       cost_estimate=_cost(q, k, 2, True, q, k, v, q),
   )(meta.visits, q, k.reshape(b, h, nk, bk, d), v.reshape(b, h, nk, bk, d),
-    _column(meta.q_code), _column(meta.q_time), _rows(meta.kv_code, bk), _rows(meta.kv_time, bk))
+    _rows(meta.q_code, bq), _rows(meta.q_time, bq), _rows(meta.kv_code, bk), _rows(meta.kv_time, bk))
 
 
 def _backward(plan: _Plan, q, k, v, o, lse, do, meta: _Meta):
@@ -258,18 +271,17 @@ def _backward(plan: _Plan, q, k, v, o, lse, do, meta: _Meta):
   lk = k.shape[2]
   bq, bk = plan.block_q, plan.block_k
   nq, nk = lq // bq, lk // bk
-  delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1, keepdims=True)
+  delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1).reshape(b, h, nq, 1, bq)
   options = _call_options(plan, d)
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, plan=plan), grid=(b, h, nq),
       in_specs=[_visits_spec(plan, nq, nk), _own(bq, d), _all(plan, nk, bk, d), _all(plan, nk, bk, d), _own(bq, d),
-                _own(bq, 1), _own(bq, 1), _own_meta(bq), _own_meta(bq), _all_meta(plan, nk, bk),
+                _own_row(bq), _own_row(bq), _own_meta(bq), _own_meta(bq), _all_meta(plan, nk, bk),
                 _all_meta(plan, nk, bk)],
       out_specs=_own(bq, d), out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
       name="joint_attention_dq", cost_estimate=_cost(q, k, 3, True, q, k, v, do, q), **options,
   )(meta.visits, q, k.reshape(b, h, nk, bk, d), v.reshape(b, h, nk, bk, d), do, lse, delta,
-    _column(meta.q_code), _column(meta.q_time), _rows(meta.kv_code, bk), _rows(meta.kv_time, bk))
-  as_rows = lambda x: x.reshape(b, h, nq, 1, bq)   # [B, H, Lq, 1] -> [B, H, nq, 1, bq], same order
+    _rows(meta.q_code, bq), _rows(meta.q_time, bq), _rows(meta.kv_code, bk), _rows(meta.kv_time, bk))
   dk, dv = pl.pallas_call(
       functools.partial(_dkv_kernel, plan=plan), grid=(b, h, nk),
       in_specs=[_visits_spec(plan, nk, nq), _all(plan, nq, bq, d), _own(bk, d), _own(bk, d), _all(plan, nq, bq, d),
@@ -278,9 +290,8 @@ def _backward(plan: _Plan, q, k, v, o, lse, do, meta: _Meta):
       out_specs=[_own(bk, d), _own(bk, d)],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
       name="joint_attention_dkv", cost_estimate=_cost(q, k, 4, True, q, k, v, do, k, v), **options,
-  )(meta.visits_t, q.reshape(b, h, nq, bq, d), k, v, do.reshape(b, h, nq, bq, d), as_rows(lse),
-    as_rows(delta), _rows(meta.q_code, bq), _rows(meta.q_time, bq), _column(meta.kv_code),
-    _column(meta.kv_time))
+  )(meta.visits_t, q.reshape(b, h, nq, bq, d), k, v, do.reshape(b, h, nq, bq, d), lse, delta,
+    _rows(meta.q_code, bq), _rows(meta.q_time, bq), _rows(meta.kv_code, bk), _rows(meta.kv_time, bk))
   return dq, dk, dv
 
 
