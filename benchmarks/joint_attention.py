@@ -28,9 +28,9 @@ from absl import app, flags  # noqa: E402
 from common import print_table  # noqa: E402  (benchmarks/common.py)
 
 from configs.base import get_config  # noqa: E402
-from jamflow_jax import config as config_lib  # noqa: E402
+from jamflow_jax import aot, config as config_lib  # noqa: E402
 from jamflow_jax.kernels import joint_attention as kernel  # noqa: E402
-from jamflow_jax.model.attention import AUDIO, MOTION, joint_attention, joint_mask  # noqa: E402
+from jamflow_jax.model.attention import joint_attention, joint_mask  # noqa: E402
 
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "4096", "16384"], "joint tokens (audio + motion)")
 _PRESETS = flags.DEFINE_list("presets", ["demo", "base"], "presets giving heads, head_dim, window, dtype")
@@ -41,16 +41,6 @@ _DENSE_GIB = flags.DEFINE_float("dense_budget_gib", 0.0, "skip xla beyond this m
                                 "(0 = a quarter of the device memory, or 4 GiB on CPU)")
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "q, k, v dtype (cuDNN needs bfloat16)")
 _BLOCKS = flags.DEFINE_list("blocks", [], "pallas block_q,block_k (default: the backend's)")
-
-
-def _tokens(b: int, length: int):
-  la = int(round(length * 3.75 / 4.75))
-  t = np.arange(length, dtype=np.float32)
-  mod = np.where(t < la, AUDIO, MOTION).astype(np.int32)
-  time_ = np.where(t < la, t, (t - la) * 3.75).astype(np.float32)
-  tile = lambda x: jnp.asarray(np.broadcast_to(x, (b, length)))
-  return dict(q_mod=tile(mod), kv_mod=tile(mod), q_time=tile(time_), kv_time=tile(time_),
-              q_valid=tile(np.ones(length, bool)), kv_valid=tile(np.ones(length, bool)))
 
 
 def _median_seconds(fn, *args) -> float:
@@ -101,7 +91,7 @@ def main(argv):
     h, d, dtype = config.model.heads, config.model.head_dim, jnp.dtype(_DTYPE.value)
     window = config_lib.joint_window_frames(config)
     for length in (int(x) for x in _LENGTHS.value):
-      tokens = _tokens(_BATCH.value, length)
+      tokens = aot.joint_tokens(_BATCH.value, length)
       rng = np.random.default_rng(0)
       q, k, v = (jnp.asarray(rng.normal(size=(_BATCH.value, length, h, d)), dtype) for _ in range(3))
       allowed_pairs = float(jnp.sum(joint_mask(window=window, **tokens)))

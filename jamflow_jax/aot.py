@@ -74,23 +74,29 @@ def report(compiled, seconds: float) -> dict[str, Any]:
   return row
 
 
+def joint_tokens(batch: int, length: int, motion_step: float = 3.75) -> dict[str, jax.Array]:
+  """The token metadata of a joint layer as the model lays it out: `length` tokens, the audio frames
+  (times 0, 1, ...) then the motion frames (times 0, step, ...) in proportion, all valid."""
+  from jamflow_jax.model.attention import AUDIO, MOTION
+  la = int(round(length * motion_step / (motion_step + 1)))
+  i = jnp.arange(length)
+  mod = jnp.broadcast_to(jnp.where(i < la, AUDIO, MOTION), (batch, length)).astype(jnp.int32)
+  time = jnp.broadcast_to(jnp.where(i < la, i, (i - la) * motion_step), (batch, length)).astype(jnp.float32)
+  valid = jnp.ones((batch, length), bool)
+  return dict(q_mod=mod, kv_mod=mod, q_time=time, kv_time=time, q_valid=valid, kv_valid=valid)
+
+
 def compile_attention(topology: str, *, batch_per_chip: int, length: int, heads: int, head_dim: int,
                       window: float, impl: str, dtype=jnp.bfloat16) -> dict[str, Any]:
   """Compiles joint attention forward + backward (the model's audio-then-motion joint tokens) with
   the batch over all chips of `topology`; returns the report plus devices and device kind."""
-  from jamflow_jax.model.attention import AUDIO, MOTION, joint_attention
+  from jamflow_jax.model.attention import joint_attention
   devices = topology_devices(topology)
   mesh = jax.make_mesh((len(devices),), ("data",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
   b = batch_per_chip * len(devices)
-  la = int(round(length * 3.75 / 4.75))  # mel frames : motion frames = 3.75 : 1
 
   def loss(q, k, v):
-    mod = jnp.broadcast_to(jnp.where(jnp.arange(length) < la, AUDIO, MOTION), (b, length)).astype(jnp.int32)
-    t = jnp.arange(length, dtype=jnp.float32)
-    t = jnp.broadcast_to(jnp.where(t < la, t, (t - la) * 3.75), (b, length))
-    valid = jnp.ones((b, length), bool)
-    out = joint_attention(q, k, v, q_mod=mod, kv_mod=mod, q_time=t, kv_time=t, q_valid=valid,
-                          kv_valid=valid, window=window, impl=impl, backend="mosaic_tpu")
+    out = joint_attention(q, k, v, **joint_tokens(b, length), window=window, impl=impl, backend="mosaic_tpu")
     return jnp.sum(out.astype(jnp.float32) ** 2)
 
   x = jax.ShapeDtypeStruct((b, length, heads, head_dim), dtype, sharding=NamedSharding(mesh, P("data")))
