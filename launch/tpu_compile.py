@@ -73,9 +73,7 @@ def main(argv):
       step_config.model.attention_impl = impl
       rows.append(_compile("train step", impl, lambda c=step_config: {
           **aot.compile_train_step(c, devices, batch)[1], "counted_TFLOP/dev": counted}))
-  for row in rows:
-    row.pop("devices", None), row.pop("kind", None)
-  print_table(rows)
+  print_table([{k: v for k, v in row.items() if k not in ("devices", "kind")} for row in rows])
 
 
 if __name__ == "__main__":
