@@ -6,15 +6,19 @@ Presets:
                  joint attention in every other layer (~0.5B parameters in all).
   demo           small enough to learn audio-driven lip motion on 2 CPU cores in minutes.
   tiny           for tests: compiles in seconds.
+  f5             base whose Audio-DiT is exactly F5TTS_v1_Base (RoPE on all heads, text padding masked,
+                 no qk-norm, F5's 2545-token vocab), to start from its checkpoint:
+                 --config.model.text_vocab=/path/vocab.txt (required) --config.train.init_from=/path/model.safetensors
 
 Every field can be overridden on the command line, e.g. `--config.train.num_steps=100`.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from jamflow_jax.config import ConfigError
 
-PRESETS = ("base", "demo", "tiny")
+PRESETS = ("base", "demo", "tiny", "f5")
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -30,13 +34,16 @@ def _base() -> ml_collections.ConfigDict:
   m.heads = 16                       # attention heads, shared by both streams (joint attention)
   m.head_dim = 64
   m.ff_mult = 2
-  m.text_vocab_size = 256            # jamflow_jax.text: Latin-1 code points, id 0 the filler
+  m.text_vocab_size = 256            # embedding rows: the tokenizer's ids, id 0 the filler
+  m.text_vocab = ""                  # empty: built-in Latin-1 ids (jamflow_jax.text); else an F5-TTS vocab.txt
+  m.text_mask_padding = False        # zero the text features at filler positions (F5TTS_v1_Base)
   m.text_dim = 512
   m.text_conv_layers = 4             # ConvNeXtV2 blocks of the text encoder
   m.conv_pos_kernel = 31
   m.conv_pos_groups = 16
   m.time_freq_dim = 256              # sinusoidal timestep features
   m.rope_theta = 10000.0
+  m.rope_heads = 0                   # audio stream: RoPE on the first n heads, 0 = all (F5TTS_Base: 1)
   m.qk_norm = True
   m.joint_layers = tuple(range(1, 22, 2))
   m.joint_window_s = 0.5             # local cross-modal window, seconds either side
@@ -102,11 +109,31 @@ def _base() -> ml_collections.ConfigDict:
   t.seed = 0
   t.log_every_steps = 100
   t.peak_flops_per_device = 0.0      # 0 = look up the device kind (for MFU)
+  t.init_from = ""                   # F5-TTS checkpoint (.safetensors / .pt): its weights start the audio
+                                     # stream when the workdir has no checkpoint yet
+  t.init_layout = "v1"               # v1 (F5TTS_v1_Base) | base (F5TTS_Base: model.rope_heads=1)
 
   c.checkpoint = k = ml_collections.ConfigDict()
   k.every_steps = 10000
   k.max_to_keep = 3
   k.async_save = True
+
+  c.sample = s = ml_collections.ConfigDict()  # --mode=sample and jamflow_jax.generate
+  s.solver = "euler"                 # euler | midpoint (two model evaluations a step)
+  s.nfe = 32                         # model evaluations per sample
+  s.sway = -1.0                      # F5-TTS sway sampling coefficient (0 = uniform time steps)
+  s.cfg_text = 2.0                   # classifier-free guidance strength per condition (0 = off)
+  s.cfg_audio = 2.0
+  s.cfg_motion = 2.0
+  s.seed = 0
+  s.vocoder = "griffin_lim"          # or the path of a Vocos mel-24khz checkpoint (.bin / .safetensors)
+  s.chars_per_second = 15.0          # speaking rate for durations without a voice prompt
+  s.speed = 1.0                      # > 1 speaks faster
+  s.max_frames = 0                   # longest chunk in mel frames; 0 = data.max_mel_frames (trained length)
+  s.overlap_s = 1.0                  # long form: seconds of the previous chunk each chunk continues
+  s.crossfade_s = 0.32               # long form: of the overlap, the end both chunks render and cross-fade
+  s.length_bucket = 64               # lengths padded to multiples of this (one compile per bucket)
+  s.use_ema = True                   # sample with the EMA weights
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)          # -1 fills with the remaining devices
@@ -141,6 +168,17 @@ def _demo(c: ml_collections.ConfigDict) -> None:
   c.optim.ema_decay = 0.999
   c.train.num_steps, c.train.batch_size, c.train.log_every_steps = 2000, 8, 25
   c.checkpoint.every_steps = 500
+  c.sample.chars_per_second = 18.0   # the built-in eSpeak corpus speaks ~18 characters a second
+
+
+def _f5(c: ml_collections.ConfigDict) -> None:
+  # Everything else of base is F5TTS_v1_Base already (1024 wide, 22 deep, 16 x 64 heads, ff_mult 2,
+  # text 512 with 4 ConvNeXt blocks, conv position 31 / 16 groups, 256 time features, RoPE 10000).
+  m = c.model
+  m.qk_norm = False                  # F5-TTS has none; one flag for both streams, so motion goes without too
+  m.rope_heads, m.text_mask_padding = 0, True
+  m.text_vocab_size = 2546           # F5's vocab.txt: 2545 tokens + the filler
+  m.text_vocab = config_dict.placeholder(str)  # required: --config.model.text_vocab=/path/to/vocab.txt
 
 
 def _tiny(c: ml_collections.ConfigDict) -> None:
@@ -162,5 +200,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ConfigError(f"unknown preset {preset!r} in configs/base.py; choose one of {', '.join(PRESETS)}")
   c = _base()
   c.preset = preset
-  {"base": lambda c: None, "demo": _demo, "tiny": _tiny}[preset](c)
+  {"base": lambda c: None, "demo": _demo, "tiny": _tiny, "f5": _f5}[preset](c)
   return c

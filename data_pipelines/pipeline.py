@@ -125,10 +125,11 @@ class BatchLoader:
 
   def __init__(self, source: RecordSource, plan: BatchPlan, motion_mean: np.ndarray, motion_std: np.ndarray,
                *, process_index: int = 0, process_count: int = 1, on_bad: str = "fail",
-               sample_rate: int = 24000, hop_length: int = 256, motion_fps: float = 25.0):
+               sample_rate: int = 24000, hop_length: int = 256, motion_fps: float = 25.0,
+               tokenizer: text_lib.Tokenizer = text_lib.Latin1Tokenizer()):
     if plan.batch_size % process_count:
       raise ValueError(f"global batch {plan.batch_size} does not split over {process_count} processes")
-    self.source, self.plan, self.on_bad = source, plan, on_bad
+    self.source, self.plan, self.on_bad, self.tokenizer = source, plan, on_bad, tokenizer
     self.mean, self.std = np.asarray(motion_mean, np.float32), np.asarray(motion_std, np.float32)
     self.local = plan.batch_size // process_count
     self.offset = process_index * self.local
@@ -142,6 +143,14 @@ class BatchLoader:
   def __setstate__(self, state: dict) -> None:
     self.__dict__.update(state, _lock=threading.Lock())
 
+  def load(self, i: int) -> dict:
+    """Record i with its transcript's token ids under "ids"."""
+    record = self.source[i]
+    try:
+      return {**record, "ids": self.tokenizer.encode(record["text"], where=record["id"])}
+    except text_lib.TextError as e:  # the corpus accepted it, the configured vocabulary cannot spell it
+      raise BadRecordError(f"{e} (model.text_vocab)") from None
+
   def records(self, index: int) -> list[dict]:
     """The records of this process' slice of global batch `index` (bad ones replaced under "skip")."""
     indices, _ = self.plan.batch(index)
@@ -149,7 +158,7 @@ class BatchLoader:
     records, bad = [], []
     for i in mine:
       try:
-        records.append(self.source[int(i)])
+        records.append(self.load(int(i)))
       except BadRecordError as e:
         if self.on_bad == "fail":
           raise
@@ -180,8 +189,7 @@ class BatchLoader:
       batch["mel_valid"][row, :ta] = True
       batch["motion"][row, :tm] = (record["motion"] - self.mean) / self.std
       batch["motion_valid"][row, :tm] = True
-      batch["text"][row] = text_lib.pad_to(text_lib.encode(record["text"], where=record["id"]), length,
-                                           where=record["id"])
+      batch["text"][row] = text_lib.pad_to(record["ids"], length, where=record["id"])
     return batch
 
 
@@ -276,6 +284,6 @@ def make_iterator(source: RecordSource, motion: dict, config: ml_collections.Con
                plan.batches_per_epoch, 100 * plan.padding_fraction())
   loader = BatchLoader(source, plan, motion["mean"], motion["std"], process_index=process_index,
                        process_count=process_count, on_bad=d.on_bad_record, sample_rate=d.sample_rate,
-                       hop_length=d.hop_length, motion_fps=d.motion_fps)
+                       hop_length=d.hop_length, motion_fps=d.motion_fps, tokenizer=text_lib.tokenizer(config))
   return DataIterator(loader, motion, num_threads=d.num_threads, prefetch=d.prefetch,
                       worker_processes=d.worker_processes)

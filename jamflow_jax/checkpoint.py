@@ -8,6 +8,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -35,22 +36,44 @@ class Checkpointer:
                               config=ocp.args.JsonSave(self.config_json))
     return self.manager.save(step, args=args, force=True)
 
+  def _check_model(self, step: int) -> None:
+    """ConfigError if the checkpoint at `step` holds a model of other model.* settings."""
+    saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    # attention_* say how attention is computed, not what: a run may resume with another kernel.
+    # Options newer than the checkpoint default to the behaviour it was trained with.
+    changed = sorted(k for k in saved["model"]
+                     if not k.startswith("attention_") and saved["model"][k] != self.config_json["model"].get(k))
+    if changed:
+      raise ConfigError(f"{self.directory} holds a model trained with other model.* settings ("
+                        + ", ".join(f"{k}: {saved['model'].get(k)!r} -> {self.config_json['model'].get(k)!r}"
+                                    for k in changed) + "); use another --workdir or the saved settings")
+
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict | None] | None:
     """Restores `step` (default latest) onto the shardings of `abstract_state`; None if none saved."""
     step = self.latest_step() if step is None else step
     if step is None:
       return None
-    saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-    # attention_* say how attention is computed, not what: a run may resume with another kernel.
-    changed = sorted(k for k in set(saved["model"]) | set(self.config_json["model"])
-                     if not k.startswith("attention_") and saved["model"].get(k) != self.config_json["model"].get(k))
-    if changed:
-      raise ConfigError(f"{self.directory} holds a model trained with other model.* settings ("
-                        + ", ".join(f"{k}: {saved['model'].get(k)!r} -> {self.config_json['model'].get(k)!r}"
-                                    for k in changed) + "); use another --workdir or the saved settings")
+    self._check_model(step)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
     return restored["state"], restored["data"] or None
+
+  def restore_params(self, abstract_params: Any, step: int | None = None, *, ema: bool = True) -> tuple[Any, int]:
+    """(parameters, step): the EMA (or raw) weights alone, without the optimizer state.
+
+    Raises ConfigError when the workdir holds no checkpoint (or not `step`).
+    """
+    steps = self.manager.all_steps()
+    step = self.latest_step() if step is None else step
+    if step is None or step not in steps:
+      raise ConfigError(f"{self.directory} holds no checkpoint" + (f" at step {step}" if step else "")
+                        + (f" (steps: {', '.join(map(str, sorted(steps)))})" if steps else "; train first"))
+    self._check_model(step)
+    key = "ema_params" if ema else "params"
+    restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract_params)
+    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={key: abstract_params}, restore_args={key: restore_args}, partial_restore=True)))
+    return restored["state"][key], step
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

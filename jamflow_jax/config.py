@@ -5,6 +5,7 @@ from deep inside XLA.
 """
 
 import math
+import os
 
 import ml_collections
 
@@ -15,6 +16,7 @@ from jamflow_jax.motion.spec import motion_frames_for
 TASKS = ("joint", "tts", "a2m", "m2a")
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn")
 DTYPES = ("float32", "bfloat16")
+F5_LAYOUTS = ("v1", "base")  # F5TTS_v1_Base | F5TTS_Base (train.init_layout)
 
 
 class ConfigError(ValueError):
@@ -74,9 +76,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for name in ("audio_width", "motion_width"):
     if m[name] % m.conv_pos_groups:
       raise ConfigError(f"model.{name}={m[name]} is not divisible by model.conv_pos_groups={m.conv_pos_groups}")
-  if m.text_vocab_size < text_lib.VOCAB_SIZE:
-    raise ConfigError(f"model.text_vocab_size={m.text_vocab_size} is smaller than the {text_lib.VOCAB_SIZE} "
-                      "ids of jamflow_jax.text")
+  vocab = text_lib.tokenizer(config).vocab_size
+  if m.text_vocab_size < vocab:
+    raise ConfigError(f"model.text_vocab_size={m.text_vocab_size} is smaller than the {vocab} ids (the filler 0 "
+                      f"included) of the tokenizer of model.text_vocab={m.text_vocab!r}")
+  if not 0 <= m.rope_heads <= m.heads:
+    raise ConfigError(f"model.rope_heads={m.rope_heads} must be in [0, model.heads={m.heads}] (0 = all heads)")
   if m.head_dim % 2:
     raise ConfigError(f"model.head_dim={m.head_dim} must be even (RoPE rotates pairs)")
   if m.joint_window_s < 0:
@@ -114,6 +119,33 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for key in ("num_buckets", "bucket_multiple", "sort_window", "num_threads", "prefetch"):
     if d[key] < 1:
       raise ConfigError(f"data.{key}={d[key]} must be >= 1")
+  _validate_init(config)
   if d.worker_processes < 0 or d.corpus.num_utterances < 1:
     raise ConfigError(f"data.worker_processes={d.worker_processes} must be >= 0 and "
                       f"data.corpus.num_utterances={d.corpus.num_utterances} >= 1")
+
+
+def _validate_init(config: ml_collections.ConfigDict) -> None:
+  """train.init_from: the file exists and the audio stream has what F5-TTS's layout fixes beyond shapes."""
+  m, t = config.model, config.train
+  if t.init_layout not in F5_LAYOUTS:
+    raise ConfigError(f"train.init_layout={t.init_layout!r}; choose {' or '.join(F5_LAYOUTS)}")
+  if not t.init_from:
+    return
+  if not os.path.isfile(t.init_from):
+    raise ConfigError(f"train.init_from={t.init_from!r}: no such file")
+  # Shapes are checked when the checkpoint is converted; these settings change no shape.
+  v1 = t.init_layout == "v1"
+  problems = []
+  if not (m.rope_heads in (0, m.heads) if v1 else m.rope_heads == 1):
+    problems.append(f"model.rope_heads={m.rope_heads} (need {'0: all heads' if v1 else '1: head 0 only'})")
+  if m.text_mask_padding != v1:
+    problems.append(f"model.text_mask_padding={m.text_mask_padding} (need {v1})")
+  if m.qk_norm:
+    problems.append("model.qk_norm=True (need False: F5-TTS has no qk-norm)")
+  if m.rope_theta != 10000.0:
+    problems.append(f"model.rope_theta={m.rope_theta} (need 10000)")
+  if problems:
+    raise ConfigError(f"train.init_from={t.init_from!r} with train.init_layout={t.init_layout!r} "
+                      f"({'F5TTS_v1_Base' if v1 else 'F5TTS_Base'}) needs other model settings: "
+                      + "; ".join(problems))

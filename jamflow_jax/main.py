@@ -1,6 +1,11 @@
-"""Entry point: python -m jamflow_jax.main --config=configs/base.py[:PRESET] --workdir=DIR --mode=train
+"""Entry point: python -m jamflow_jax.main --config=configs/base.py[:PRESET] --workdir=DIR --mode=train|sample
 
-Overrides: --config.a.b=value. Re-running the same command with the same --workdir resumes.
+Overrides: --config.a.b=value. Re-running the same training command with the same --workdir resumes.
+
+--mode=sample runs one task from flags (--task=tts|a2m|dub|edit and its inputs) or every job of
+--jobs=FILE (JSON, see README "Sampling") on DIR's latest checkpoint (EMA weights), writing
+NAME.wav / NAME.npz / NAME.json to --out (default DIR/samples). Sampler settings are
+--config.sample.* (solver, nfe, sway, cfg_text / cfg_audio / cfg_motion, vocoder, ...).
 """
 
 import logging as pylogging
@@ -13,10 +18,32 @@ from ml_collections import config_flags
 
 from data_pipelines.shards import BadRecordError
 from jamflow_jax import config as config_lib
+from jamflow_jax import generate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py[:PRESET]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, TensorBoard logs and config.json go")
-_MODE = flags.DEFINE_enum("mode", "train", ["train"], "what to run")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "what to run")
+# --mode=sample: one job from these flags, or many from --jobs.
+_JOBS = flags.DEFINE_string("jobs", None, "JSON job file: a job object or a list of them (keys as the flags)")
+_OUT = flags.DEFINE_string("out", None, "where samples go (default: WORKDIR/samples)")
+_NAME = flags.DEFINE_string("name", None, "output file stem (default: TASK-seedSEED)")
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
+_TASK = flags.DEFINE_enum("task", None, ["tts", "a2m", "dub", "edit"],
+                          "tts: text -> speech + motion; a2m: --audio -> motion; dub: --motion + --text -> "
+                          "speech; edit: regenerate --span of --audio (and --motion)")
+_TEXT = flags.DEFINE_string("text", None, "transcript to speak (tts, dub), of the audio (a2m), of the edited clip")
+_AUDIO = flags.DEFINE_string("audio", None, "wav file (a2m, edit), 24 kHz unless --resample")
+_MOTION = flags.DEFINE_string("motion", None, "FLAME motion npz (dub, edit)")
+_PROMPT_AUDIO = flags.DEFINE_string("prompt_audio", None, "tts: voice prompt wav (needs --prompt_text)")
+_PROMPT_TEXT = flags.DEFINE_string("prompt_text", None, "tts: transcript of --prompt_audio")
+_PROMPT_MOTION = flags.DEFINE_string("prompt_motion", None, "tts: motion prompt npz (the prefix's face)")
+_DURATION = flags.DEFINE_float("duration", None, "tts: seconds of new speech (default: from the text)")
+_SPEED = flags.DEFINE_float("speed", None, "tts: speaking-rate factor (default config.sample.speed)")
+_SPAN = flags.DEFINE_list("span", None, "edit: START,END seconds to regenerate")
+_REGENERATE = flags.DEFINE_list("regenerate", ["audio"], "edit: audio and/or motion")
+_WITH_MOTION = flags.DEFINE_bool("with_motion", True, "tts: generate motion with the speech")
+_RESAMPLE = flags.DEFINE_bool("resample", False, "resample input audio to 24 kHz instead of refusing it")
+_SEED = flags.DEFINE_integer("seed", None, "noise seed (default config.sample.seed)")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
     "jax.distributed.initialize(): auto = when launched as several processes (SLURM, TPU pod, "
@@ -47,6 +74,45 @@ def main(argv):
   if _MODE.value == "train":
     from jamflow_jax import train
     train.train(config, _WORKDIR.value)
+  elif _MODE.value == "sample":
+    sample(config, _WORKDIR.value)
+
+
+def _flag_job() -> dict:
+  if _TASK.value is None:
+    raise app.UsageError("--mode=sample needs --task (or --jobs=FILE)")
+  span = _SPAN.value
+  if span is not None and len(span) != 2:
+    raise app.UsageError(f"--span={','.join(span)}: give START,END in seconds")
+  job = {"task": _TASK.value, "name": _NAME.value, "seed": _SEED.value, "text": _TEXT.value,
+         "audio": _AUDIO.value, "motion": _MOTION.value, "prompt_audio": _PROMPT_AUDIO.value,
+         "prompt_text": _PROMPT_TEXT.value, "prompt_motion": _PROMPT_MOTION.value,
+         "duration": _DURATION.value, "speed": _SPEED.value,
+         "span": None if span is None else tuple(float(x) for x in span),
+         "regenerate": tuple(_REGENERATE.value), "with_motion": _WITH_MOTION.value, "resample": _RESAMPLE.value}
+  keys = set(generate.TASKS[job["task"]][1]) | {"task", "name", "seed"}
+  given = {k for k, v in job.items() if v is not None}
+  # Flags with defaults (regenerate, with_motion, resample) count only where the task takes them.
+  stray = given - keys - {"regenerate", "with_motion", "resample"}
+  if stray:
+    raise app.UsageError(f"--task={job['task']} does not take --{', --'.join(sorted(stray))}")
+  return {k: v for k, v in job.items() if k in keys}
+
+
+def sample(config, workdir: str) -> None:
+  """--mode=sample: the flag job or every job of --jobs, with progress and outputs per job."""
+  from tqdm import tqdm
+
+  jobs = generate.read_jobs(_JOBS.value) if _JOBS.value else [_flag_job()]
+  base_dir = os.path.dirname(os.path.abspath(_JOBS.value)) if _JOBS.value else ""
+  out_dir = _OUT.value or os.path.join(workdir, "samples")
+  pipe = generate.Pipeline.from_workdir(workdir, config, step=_STEP.value)
+  for i, job in enumerate(tqdm(jobs, desc="samples", unit="sample", disable=len(jobs) == 1)):
+    where = f"{_JOBS.value} job {i}" if _JOBS.value else f"--task={job['task']}"
+    result = generate.run_job(pipe, job, where=where, base_dir=base_dir)
+    name = job.get("name") or f"{job['task']}-seed{result.info['seed']}" + (f"-{i}" if len(jobs) > 1 else "")
+    paths = result.save(out_dir, name)
+    logging.info("%s -> %s", where, ", ".join(sorted(paths.values())))
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -73,6 +139,8 @@ def run() -> None:
     sys.exit(f"config error: {e}")
   except BadRecordError as e:  # names the file and the record; see data.on_bad_record
     sys.exit(f"data error: {e}")
+  except generate.InputError as e:  # a sampling input the model cannot take; names the input
+    sys.exit(f"input error: {e}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from flax import nnx, struct
 from jamflow_jax import checkpoint as checkpoint_lib
 from jamflow_jax import config as config_lib
 from jamflow_jax import flops, flow, metrics as metrics_lib, model as model_lib, sharding
-from jamflow_jax.model import attention
+from jamflow_jax.model import attention, f5tts
 
 BATCH_NDIM = {"mel": 3, "mel_valid": 2, "motion": 3, "motion_valid": 2, "text": 2}
 
@@ -123,6 +123,24 @@ class Trainer:
     return sharding.host_batch_to_global({k: host_batch[k] for k in BATCH_NDIM}, self.mesh)
 
 
+def init_from_f5(trainer: Trainer, state: TrainState) -> TrainState:
+  """`state` with its audio stream (params and EMA) from the F5-TTS checkpoint at train.init_from."""
+  config = trainer.config
+  path = config.train.init_from
+  try:
+    state_dict = f5tts.load_f5_checkpoint(path)
+  except ValueError as e:  # unreadable, unknown or unsafe file; the message names it
+    raise config_lib.ConfigError(f"train.init_from: {e}") from None
+  converted = f5tts.convert(state_dict, trainer.abstract_state.params, config)
+  logging.info("audio stream from F5-TTS (train.init_layout=%s) %s: %d of the model's %d parameters "
+               "in %d tensors; the motion stream starts random",
+               config.train.init_layout, path, model_lib.count_params(converted),
+               model_lib.count_params(state.params), len(jax.tree.leaves(converted)))
+  # Two placements: params and ema_params are donated to the step and must not share buffers.
+  return state.replace(params=f5tts.merge_params(state.params, converted),
+                       ema_params=f5tts.merge_params(state.ema_params, converted))
+
+
 def make_source(config: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndarray]]:
   """The configured batch source (an iterator with get_state/set_state)."""
   if config.data.source == "synthetic":
@@ -162,6 +180,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
   else:
     state = trainer.init(config.train.seed)
+    if config.train.init_from:
+      state = init_from_f5(trainer, state)
 
   first = int(state.step)
   num_steps = int(config.train.num_steps)

@@ -8,8 +8,11 @@ from jamflow_jax.config import ConfigError, motion_frames, validate
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_presets_validate(preset):
+def test_presets_validate(preset, tmp_path):
   config = get_config(preset)
+  if preset == "f5":  # needs F5-TTS's vocab.txt (2545 tokens)
+    (tmp_path / "vocab.txt").write_text("".join(f"t{i}\n" for i in range(2545)))
+    config.model.text_vocab = str(tmp_path / "vocab.txt")
   validate(config, 8)
   assert config.preset == preset
 

@@ -40,11 +40,12 @@ class StreamBlock(nnx.Module):
   """One stream's half of a layer: x [B, L, width], conditioned on temb [B, width]."""
 
   def __init__(self, width: int, heads: int, head_dim: int, ff_mult: int, qk_norm: bool, *,
-               rngs: nnx.Rngs, dtype):
+               rngs: nnx.Rngs, dtype, rope_heads: int = 0):
     proj = lambda: nnx.Einsum("bld,dhk->blhk", (width, heads, head_dim), (heads, head_dim),
                               dtype=dtype, rngs=rngs,
                               kernel_init=_init(("embed", "heads", "head_dim"), nnx.initializers.xavier_uniform()),
                               bias_init=_init(("heads", "head_dim"), nnx.initializers.zeros_init()))
+    self.rope_heads = rope_heads  # RoPE on the first rope_heads heads; 0 = all
     self.modulation = AdaLNModulation(width, 6, rngs=rngs, dtype=dtype)
     self.norm_attn = layer_norm(width, rngs=rngs, dtype=dtype, affine=False)
     self.q, self.k, self.v = proj(), proj(), proj()
@@ -64,7 +65,7 @@ class StreamBlock(nnx.Module):
     q, k, v = self.q(h), self.k(h), self.v(h)
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
-    q, k = apply_rope(q, tokens.angles), apply_rope(k, tokens.angles)
+    q, k = apply_rope(q, tokens.angles, self.rope_heads), apply_rope(k, tokens.angles, self.rope_heads)
     q, k, v = (constrain(a, ("batch", "length", "act_heads", None)) for a in (q, k, v))
     return q, k, v, (gate_a, shift_f, scale_f, gate_f)
 
@@ -79,9 +80,15 @@ class DualLayer(nnx.Module):
   """Layer i of both streams; `joint` selects one attention over the concatenation."""
 
   def __init__(self, audio_width: int, motion_width: int, heads: int, head_dim: int, ff_mult: int,
-               qk_norm: bool, joint: bool, *, rngs: nnx.Rngs, dtype):
+               qk_norm: bool, joint: bool, *, rngs: nnx.Rngs, dtype, audio_rope_heads: int = 0):
     self.joint = joint
-    self.audio = StreamBlock(audio_width, heads, head_dim, ff_mult, qk_norm, rngs=rngs, dtype=dtype)
+    # Partial RoPE (model.rope_heads) is for the audio stream only: it reproduces F5TTS_Base, whose
+    # weights expect head 0 alone rotated. The motion stream has no pretrained weights and rotates
+    # every head, so its own attention is relative in time on all heads and each motion key sits on
+    # the shared clock. Cross-modal logits depend on the time difference alone on the heads both
+    # streams rotate: all of them with rope_heads=0 (F5TTS_v1_Base).
+    self.audio = StreamBlock(audio_width, heads, head_dim, ff_mult, qk_norm, rngs=rngs, dtype=dtype,
+                             rope_heads=audio_rope_heads)
     self.motion = StreamBlock(motion_width, heads, head_dim, ff_mult, qk_norm, rngs=rngs, dtype=dtype)
 
   def __call__(self, xa, xm, temb_a, temb_m, ta: Tokens, tm: Tokens, window: float,

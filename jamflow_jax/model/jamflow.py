@@ -57,7 +57,8 @@ class JamFlow(nnx.Module):
     self.window = config_lib.joint_window_frames(config)
     self.attention, self.remat = AttentionOptions.from_config(m), m.remat
 
-    self.text = TextEncoder(m.text_vocab_size, m.text_dim, m.text_conv_layers, rngs=rngs, dtype=dtype)
+    self.text = TextEncoder(m.text_vocab_size, m.text_dim, m.text_conv_layers, rngs=rngs, dtype=dtype,
+                            mask_padding=m.text_mask_padding)
     self.audio_in = linear(2 * m.mel_dim + m.text_dim, m.audio_width, (None, "embed"), rngs=rngs, dtype=dtype)
     self.motion_in = linear(2 * m.motion_dim, m.motion_width, (None, "embed"), rngs=rngs, dtype=dtype)
     pos = lambda w: ConvPositionEmbedding(w, m.conv_pos_kernel, m.conv_pos_groups, rngs=rngs, dtype=dtype)
@@ -67,7 +68,7 @@ class JamFlow(nnx.Module):
     joint = set(m.joint_layers)
     self.layers = nnx.List([
         DualLayer(m.audio_width, m.motion_width, m.heads, m.head_dim, m.ff_mult, m.qk_norm, i in joint,
-                  rngs=rngs, dtype=dtype) for i in range(m.depth)])
+                  rngs=rngs, dtype=dtype, audio_rope_heads=m.rope_heads) for i in range(m.depth)])
     self.audio_head = StreamHead(m.audio_width, m.mel_dim, rngs=rngs, dtype=dtype)
     self.motion_head = StreamHead(m.motion_width, m.motion_dim, rngs=rngs, dtype=dtype)
 

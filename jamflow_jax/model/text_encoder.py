@@ -1,7 +1,11 @@
 """F5-TTS text encoder: filler-padded ids -> embedding + sinusoidal positions -> ConvNeXtV2 blocks.
 
 The transcript ids are padded with the filler id (0) to the mel length, so text and audio are
-aligned frame for frame only by what the model learns, as in F5-TTS.
+aligned frame for frame only by what the model learns, as in F5-TTS. With `mask_padding`
+(F5TTS_v1_Base's text_mask_padding) filler positions are zeroed after the positions are added and
+after every block, so the blocks' convolutions read nothing from them. The mask is read from the
+ids given: a transcript withheld for CFG (all filler) embeds to zeros, where F5-TTS, masking by
+the transcript it withholds, keeps the filler embedding at the transcript's positions.
 """
 
 import jax
@@ -9,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jamflow_jax.model.layers import GroupedConv, _init, layer_norm, linear
-
+from jamflow_jax.text import FILLER_ID
 
 
 class GRN(nnx.Module):
@@ -42,8 +46,9 @@ class ConvNeXtV2Block(nnx.Module):
 class TextEncoder(nnx.Module):
   """ids int32 [B, T] (filler-padded to the mel length) -> [B, T, text_dim]."""
 
-  def __init__(self, vocab_size: int, dim: int, num_blocks: int, *, rngs: nnx.Rngs, dtype):
-    self.dim = dim
+  def __init__(self, vocab_size: int, dim: int, num_blocks: int, *, rngs: nnx.Rngs, dtype,
+               mask_padding: bool = False):
+    self.dim, self.mask_padding = dim, mask_padding
     self.embed = nnx.Embed(vocab_size, dim, dtype=dtype, rngs=rngs,
                            embedding_init=_init(("vocab", "embed"), nnx.initializers.normal(1.0)))
     self.blocks = nnx.List([ConvNeXtV2Block(dim, rngs=rngs, dtype=dtype) for _ in range(num_blocks)])
@@ -52,8 +57,13 @@ class TextEncoder(nnx.Module):
     x = self.embed(ids)
     pos = jnp.arange(ids.shape[1], dtype=jnp.float32)
     x = x + sinusoidal_positions(pos, self.dim).astype(x.dtype)
+
+    def mask(x):
+      return jnp.where((ids == FILLER_ID)[..., None], 0, x) if self.mask_padding else x
+
+    x = mask(x)
     for block in self.blocks:
-      x = block(x)
+      x = mask(block(x))
     return x
 
 
