@@ -176,9 +176,11 @@ class Pipeline:
       if not os.path.exists(motion):
         raise InputError(f"{name}: {motion} does not exist")
       try:
-        motion, _ = trackers.load_motion(motion, default_fps=self.spec.fps, spec=self.spec)
+        path, (motion, track) = motion, trackers.load_motion(motion, default_fps=self.spec.fps, spec=self.spec)
       except trackers.TrackError as e:
         raise InputError(f"{name}: {e}") from e
+      if track.fps is None:
+        logging.warning("%s: %s stores no frame rate; taken as %g fps", name, path, self.spec.fps)
     motion = np.asarray(motion, np.float32)
     dim = self.config.model.motion_dim
     if motion.ndim != 2 or motion.shape[1] != dim:
