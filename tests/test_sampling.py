@@ -105,8 +105,11 @@ def test_guidance_strength_zero_is_the_conditional_call_and_strengths_combine(ti
   assert sampling.guidance_plan(opts, dict(text=True, audio=True, motion=False)) == (("text", 2.0),)
 
 
-def test_sampler_is_deterministic_and_keeps_given_frames(tiny_config, tiny_model):
-  model, mesh = tiny_model
+def test_sampler_is_deterministic_and_keeps_given_frames(tiny_config):
+  tiny_config.model.remat = True  # as in the base preset: the sampler must not rematerialise
+  mesh = sharding.single_device_mesh(tiny_config)
+  with sharding.use_mesh(mesh, tiny_config):
+    model = model_lib.create(tiny_config, seed=3)
   from flax import nnx
   graphdef, params = nnx.split(model, nnx.Param)
   sampler = sampling.Sampler(graphdef, nnx.to_pure_dict(params), mesh, tiny_config)
