@@ -31,6 +31,10 @@ setup(
         "scipy>=1.13,<2",
         "soundfile>=0.12,<0.15",
         "espeakng-loader>=0.2.4,<0.3",
+        # jamflow_jax.motion.render: the ffmpeg binary (libx264, aac) for mp4s, PIL rasterises, plots.
+        "imageio-ffmpeg>=0.8.1,<0.9",
+        "pillow>=10,<14",
+        "matplotlib>=3.8,<4",
         "protobuf>=4.21,<8",  # tfds records; data_pipelines.tfds_builder decodes them
     ],
     extras_require={

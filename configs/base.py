@@ -134,6 +134,20 @@ def _base() -> ml_collections.ConfigDict:
   s.crossfade_s = 0.32               # long form: of the overlap, the end both chunks render and cross-fade
   s.length_bucket = 64               # lengths padded to multiples of this (one compile per bucket)
   s.use_ema = True                   # sample with the EMA weights
+  s.video = True                     # also write NAME.mp4: the face (render.face_model) speaking NAME.wav
+
+  c.render = r = ml_collections.ConfigDict()  # videos of the face (sample, eval) and vertex metrics
+  r.face_model = ""                  # FLAME .pkl / .npz the user has; empty = the stand-in face
+  r.size = 256                       # video frames are size x size pixels
+
+  c.eval = e = ml_collections.ConfigDict()  # --mode=eval and the evaluations during training
+  e.tasks = ("a2m", "tts", "m2a")
+  e.split = "validation"
+  e.num_examples = 32                # validation utterances scored by --mode=eval
+  e.every_steps = 0                  # during training: evaluate every N steps (0 = never) ...
+  e.train_examples = 8               # ... on this many utterances, into TensorBoard
+  e.render = True                    # write a video and a plot of the first utterance
+  e.seed = 0
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)          # -1 fills with the remaining devices
@@ -166,8 +180,12 @@ def _demo(c: ml_collections.ConfigDict) -> None:
   c.data.max_mel_frames, c.data.num_buckets = 256, 4
   c.optim.learning_rate, c.optim.warmup_steps, c.optim.schedule = 1e-3, 200, "cosine"
   c.optim.ema_decay = 0.999
-  c.train.num_steps, c.train.batch_size, c.train.log_every_steps = 2000, 8, 25
+  # Motion weighted 3x and 3000 steps: what it takes on 2 cores (~20 min) for audio -> motion lip
+  # error to fall below half of the mean-motion baseline (0.47 of it; 0.61 at weight 1 / 2000 steps).
+  c.flow.motion_loss_weight = 3.0
+  c.train.num_steps, c.train.batch_size, c.train.log_every_steps = 3000, 8, 25
   c.checkpoint.every_steps = 500
+  c.eval.every_steps = 1000
   c.sample.chars_per_second = 18.0   # the built-in eSpeak corpus speaks ~18 characters a second
 
 

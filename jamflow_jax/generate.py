@@ -68,8 +68,9 @@ class Result:
   spec: MotionSpec
   sample_rate: int
 
-  def save(self, directory: str | os.PathLike, name: str) -> dict[str, str]:
-    """Writes NAME.wav, NAME.npz (when there is motion) and NAME.json; returns their paths."""
+  def save(self, directory: str | os.PathLike, name: str, *, face=None, size: int = 256) -> dict[str, str]:
+    """Writes NAME.wav, NAME.npz (when there is motion), NAME.mp4 (when there is motion and a `face`,
+    a FLAME-format model, to show it on) and NAME.json; returns their paths."""
     os.makedirs(directory, exist_ok=True)
     paths = {"wav": os.path.join(directory, f"{name}.wav"), "json": os.path.join(directory, f"{name}.json")}
     wav_lib.write_wav(paths["wav"], self.wav, self.sample_rate)
@@ -77,13 +78,18 @@ class Result:
       paths["npz"] = os.path.join(directory, f"{name}.npz")
       np.savez(paths["npz"], motion=self.motion.astype(np.float32), fps=np.float32(self.spec.fps),
                **{k: v.astype(np.float32) for k, v in self.spec.split(self.motion).items()})
+      if face is not None:
+        from jamflow_jax.motion import render
+        paths["mp4"] = os.path.join(directory, f"{name}.mp4")
+        render.write_face_video(paths["mp4"], face, self.motion, wav=self.wav, sample_rate=self.sample_rate,
+                                fps=self.spec.fps, size=size)
     with open(paths["json"], "w") as f:
       json.dump({**self.info, "outputs": {k: os.path.basename(v) for k, v in paths.items()}}, f, indent=1)
     return paths
 
 
 @dataclasses.dataclass
-class _Clip:
+class Clip:
   """One model call's request, unpadded: Ta mel frames, Tm = motion_frames(Ta)."""
   text: str | None
   mel: np.ndarray           # float32 [Ta, mel_dim], given values (anything where not given)
@@ -207,7 +213,7 @@ class Pipeline:
 
   # ---- one model call -----------------------------------------------------------------------------
 
-  def _run(self, clip: _Clip, seed: int, options: SamplerOptions) -> tuple[np.ndarray, np.ndarray]:
+  def run(self, clip: Clip, seed: int, options: SamplerOptions) -> tuple[np.ndarray, np.ndarray]:
     """Pads the clip to its length bucket, samples, un-pads: (mel [Ta, 100], motion [Tm, D] normalised)."""
     ta, tm = clip.mel.shape[0], clip.motion.shape[0]
     bucket = self.config.sample.length_bucket
@@ -232,7 +238,7 @@ class Pipeline:
     mel, motion = self.sampler(jax.tree.map(np.asarray, c), options, seed, present)
     return mel[0, :ta], motion[0, :tm]
 
-  def _options(self, overrides: dict) -> SamplerOptions:
+  def sampler_options(self, overrides: dict) -> SamplerOptions:
     try:
       return dataclasses.replace(SamplerOptions.from_config(self.config.sample), **overrides)
     except (TypeError, ValueError) as e:
@@ -273,7 +279,7 @@ class Pipeline:
     voice_prompt: wav path or (samples, rate), with `prompt_text` its transcript; motion_prompt:
     FLAME npz path or array [T, D] (un-normalised), the face of the same prefix.
     """
-    t0, seed, opts = time.perf_counter(), self._seed(seed), self._options(options)
+    t0, seed, opts = time.perf_counter(), self._seed(seed), self.sampler_options(options)
     self._ids(text, where="text")
     if voice_prompt is not None and not prompt_text:
       raise InputError("voice_prompt needs prompt_text, its transcript")
@@ -336,9 +342,9 @@ class Pipeline:
       if pre_mot is not None:
         motion[:pre_mot.shape[0]] = pre_mot
         motion_given[:pre_mot.shape[0] - self.motion_frames(fade)] = True
-      clip = _Clip(text=(pre_text + " " + piece).strip(), mel=mel, audio_given=audio_given,
+      clip = Clip(text=(pre_text + " " + piece).strip(), mel=mel, audio_given=audio_given,
                    motion=motion, motion_given=motion_given, motion_present=with_motion)
-      gen_mel, gen_mot = self._run(clip, seed + i, opts)
+      gen_mel, gen_mot = self.run(clip, seed + i, opts)
       logging.info("chunk %d of %d: %d + %d frames, %r", i + 1, len(pieces), pre_len, new, piece)
       pm, fm = self.motion_frames(pre_len), self.motion_frames(fade)
       if fade:
@@ -373,7 +379,7 @@ class Pipeline:
   def audio_to_motion(self, audio, *, text: str | None = None, seed: int | None = None,
                       resample: bool = False, **options) -> Result:
     """Motion for a wav (path or (samples, rate)); the transcript helps if given (short clips)."""
-    t0, seed, opts = time.perf_counter(), self._seed(seed), self._options(options)
+    t0, seed, opts = time.perf_counter(), self._seed(seed), self.sampler_options(options)
     mel = self.load_audio(audio, resample=resample)
     if text is not None:
       self._ids(text, where="text")
@@ -399,9 +405,9 @@ class Pipeline:
       fade = self.motion_frames(self.crossfade) if i else 0
       motion = np.zeros((tm, d), np.float32)
       motion[:pre] = out[m0:done]
-      clip = _Clip(text=text, mel=mel[s:e], audio_given=np.ones(e - s, bool), motion=motion,
+      clip = Clip(text=text, mel=mel[s:e], audio_given=np.ones(e - s, bool), motion=motion,
                    motion_given=np.arange(tm) < pre - fade, motion_present=True)
-      _, gen = self._run(clip, seed + i, opts)
+      _, gen = self.run(clip, seed + i, opts)
       logging.info("chunk %d of %d: audio frames %d-%d", i + 1, len(starts), s, e)
       if fade:
         out[done - fade:done] = _crossfade(out[done - fade:done], gen[pre - fade:pre])
@@ -421,7 +427,7 @@ class Pipeline:
 
   def dub(self, motion, text: str, *, seed: int | None = None, **options) -> Result:
     """Speech saying `text`, timed to a FLAME motion clip (npz path or array [T, D] un-normalised)."""
-    t0, seed, opts = time.perf_counter(), self._seed(seed), self._options(options)
+    t0, seed, opts = time.perf_counter(), self._seed(seed), self.sampler_options(options)
     self._ids(text, where="text")
     raw = self.load_motion(motion)
     m = self.normalise(raw)
@@ -430,9 +436,9 @@ class Pipeline:
     if ta > self.max_frames:
       raise InputError(f"motion of {tm / self.config.data.motion_fps:.2f} s is longer than the model's "
                        f"{self.max_frames / self.mel_fps:.2f} s; dub it in parts")
-    clip = _Clip(text=text, mel=np.zeros((ta, self.config.model.mel_dim), np.float32),
+    clip = Clip(text=text, mel=np.zeros((ta, self.config.model.mel_dim), np.float32),
                  audio_given=np.zeros(ta, bool), motion=m, motion_given=np.ones(tm, bool), motion_present=True)
-    mel, gen = self._run(clip, seed, opts)
+    mel, gen = self.run(clip, seed, opts)
     info = {"motion": _describe(motion), "text": text, "seed": seed, "options": dataclasses.asdict(opts)}
     return self._result("dub", mel, gen, info, t0, given_motion=(raw, np.ones(tm, bool)))
 
@@ -444,7 +450,7 @@ class Pipeline:
     `text` is the transcript of the whole edited clip (needed to regenerate speech). The wav is
     vocoded from the whole mel (frames outside the span are the given ones).
     """
-    t0, seed, opts = time.perf_counter(), self._seed(seed), self._options(options)
+    t0, seed, opts = time.perf_counter(), self._seed(seed), self.sampler_options(options)
     unknown = set(regenerate) - {"audio", "motion"}
     if unknown or not regenerate:
       raise InputError(f"regenerate={tuple(regenerate)}: choose audio and/or motion")
@@ -473,10 +479,10 @@ class Pipeline:
     in_span_m = (times_m >= start_s) & (times_m < end_s)
     audio_given = ~in_span_a if "audio" in regenerate else np.ones(ta, bool)
     motion_given = ~in_span_m if "motion" in regenerate else np.ones(tm, bool)
-    clip = _Clip(text=text, mel=mel, audio_given=audio_given,
+    clip = Clip(text=text, mel=mel, audio_given=audio_given,
                  motion=self.normalise(mot) if mot is not None else np.zeros((tm, self.config.model.motion_dim), np.float32),
                  motion_given=motion_given, motion_present=mot is not None)
-    out_mel, out_mot = self._run(clip, seed, opts)
+    out_mel, out_mot = self.run(clip, seed, opts)
     info = {"audio": _describe(audio), "motion": _describe(motion), "text": text, "span_s": [start_s, end_s],
             "regenerate": list(regenerate), "seed": seed, "options": dataclasses.asdict(opts)}
     wav = None if "audio" in regenerate else self._input_wav(audio, resample)

@@ -4,8 +4,11 @@ Overrides: --config.a.b=value. Re-running the same training command with the sam
 
 --mode=sample runs one task from flags (--task=tts|a2m|dub|edit and its inputs) or every job of
 --jobs=FILE (JSON, see README "Sampling") on DIR's latest checkpoint (EMA weights), writing
-NAME.wav / NAME.npz / NAME.json to --out (default DIR/samples). Sampler settings are
+NAME.wav / NAME.npz / NAME.mp4 / NAME.json to --out (default DIR/samples). Sampler settings are
 --config.sample.* (solver, nfe, sway, cfg_text / cfg_audio / cfg_motion, vocoder, ...).
+
+--mode=eval scores DIR's checkpoint on the validation split (config.eval: tasks, num_examples,
+render.face_model) and writes DIR/eval/step_<N>.{json,txt} plus a rendered video and plot.
 """
 
 import logging as pylogging
@@ -22,7 +25,7 @@ from jamflow_jax import generate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py[:PRESET]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, TensorBoard logs and config.json go")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "what to run")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "what to run")
 # --mode=sample: one job from these flags, or many from --jobs.
 _JOBS = flags.DEFINE_string("jobs", None, "JSON job file: a job object or a list of them (keys as the flags)")
 _OUT = flags.DEFINE_string("out", None, "where samples go (default: WORKDIR/samples)")
@@ -76,6 +79,9 @@ def main(argv):
     train.train(config, _WORKDIR.value)
   elif _MODE.value == "sample":
     sample(config, _WORKDIR.value)
+  elif _MODE.value == "eval":
+    from jamflow_jax.eval import evaluate
+    evaluate.run(config, _WORKDIR.value, step=_STEP.value)
 
 
 def _flag_job() -> dict:
@@ -107,11 +113,15 @@ def sample(config, workdir: str) -> None:
   base_dir = os.path.dirname(os.path.abspath(_JOBS.value)) if _JOBS.value else ""
   out_dir = _OUT.value or os.path.join(workdir, "samples")
   pipe = generate.Pipeline.from_workdir(workdir, config, step=_STEP.value)
+  face = None
+  if config.sample.video:
+    from jamflow_jax.motion import flame
+    face = flame.load_face(config.render.face_model)
   for i, job in enumerate(tqdm(jobs, desc="samples", unit="sample", disable=len(jobs) == 1)):
     where = f"{_JOBS.value} job {i}" if _JOBS.value else f"--task={job['task']}"
     result = generate.run_job(pipe, job, where=where, base_dir=base_dir)
     name = job.get("name") or f"{job['task']}-seed{result.info['seed']}" + (f"-{i}" if len(jobs) > 1 else "")
-    paths = result.save(out_dir, name)
+    paths = result.save(out_dir, name, face=face, size=config.render.size)
     logging.info("%s -> %s", where, ", ".join(sorted(paths.values())))
 
 

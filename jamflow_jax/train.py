@@ -183,6 +183,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     if config.train.init_from:
       state = init_from_f5(trainer, state)
 
+  evaluator = None
+  if config.eval.every_steps and jax.process_index() == 0 and config.data.source != "synthetic":
+    from jamflow_jax.eval.evaluate import TrainingEvaluator
+    evaluator = TrainingEvaluator(config, getattr(source, "motion", None))
   first = int(state.step)
   num_steps = int(config.train.num_steps)
   logger = metrics_lib.MetricsLogger(workdir, num_steps, first)
@@ -203,6 +207,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       if ckpt.save(step, state, source.get_state() if hasattr(source, "get_state") else None,
                    force=step == num_steps):
         logging.info("checkpoint at step %d", step)
+      if evaluator is not None and step % config.eval.every_steps == 0:
+        evaluator(state.ema_params, step, logger.writer)
       if step % config.train.log_every_steps == 0 or step == num_steps:
         scalars = metrics_lib.reduce_interval(pending)
         history.update((s, float(v)) for s, v in jax.device_get(losses))

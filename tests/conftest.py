@@ -44,3 +44,20 @@ def write_random_corpus(directory, num_records: int = 40, *, min_frames: int = 2
           "mel": rng.normal(-5, 2, (frames, 100)).astype(np.float32),
           "motion": rng.normal(0.1, 0.5, (motion_frames_for(frames), 61)).astype(np.float32)})
   return shards.Corpus(directory)
+
+
+def train_tiny_workdir(root, **settings):
+  """root/work: the tiny preset trained two steps on a random corpus at root/corpus (so motion
+  statistics and a checkpoint exist); `settings` are config overrides, e.g. eval__every_steps=2."""
+  from configs.base import get_config
+  from jamflow_jax import train
+
+  write_random_corpus(root / "corpus", 24, min_frames=20, max_frames=45)
+  config = get_config("tiny")
+  config.data.path = str(root / "corpus")
+  config.train.num_steps = config.checkpoint.every_steps = 2
+  for key, value in settings.items():
+    section, name = key.split("__")
+    config[section][name] = value
+  train.train(config, str(root / "work"))
+  return root / "work"

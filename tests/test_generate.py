@@ -8,27 +8,19 @@ import sys
 import numpy as np
 import pytest
 
-from jamflow_jax import generate, train
+from jamflow_jax import generate
 from jamflow_jax.audio import mel as mel_lib
 from jamflow_jax.audio import wav as wav_lib
 from jamflow_jax.generate import InputError
 
-from conftest import write_random_corpus
+from conftest import train_tiny_workdir
 
 FAST = {"nfe": 4}
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  """A tiny model trained for two steps on a random corpus (so motion statistics exist)."""
-  from configs.base import get_config
-  root = tmp_path_factory.mktemp("generate")
-  write_random_corpus(root / "corpus", 24, min_frames=20, max_frames=45)
-  config = get_config("tiny")
-  config.data.path = str(root / "corpus")
-  config.train.num_steps = config.checkpoint.every_steps = 2
-  train.train(config, str(root / "work"))
-  return root / "work"
+  return train_tiny_workdir(tmp_path_factory.mktemp("generate"))
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +74,8 @@ def test_text_to_speech_with_prompts_keeps_the_prefix(pipe, tmp_path, monkeypatc
   prompt = _wav(tmp_path / "prompt.wav", 0.2)
   prompt_motion, raw = _motion_npz(tmp_path / "prompt.npz", 5, pipe)
   seen = []
-  run = pipe._run
-  monkeypatch.setattr(pipe, "_run", lambda clip, seed, opts: seen.append((clip, run(clip, seed, opts))) or seen[-1][1])
+  run = pipe.run
+  monkeypatch.setattr(pipe, "run", lambda clip, seed, opts: seen.append((clip, run(clip, seed, opts))) or seen[-1][1])
   out = pipe.text_to_speech("hi", voice_prompt=prompt, prompt_text="ok.", motion_prompt=prompt_motion,
                             **FAST)
   (clip, (mel, motion)), = seen
@@ -99,8 +91,8 @@ def test_text_to_speech_with_prompts_keeps_the_prefix(pipe, tmp_path, monkeypatc
 
 def test_long_form_text_runs_in_chunks_that_join(pipe, monkeypatch):
   seen = []
-  run = pipe._run
-  monkeypatch.setattr(pipe, "_run", lambda clip, seed, opts: seen.append((clip, run(clip, seed, opts))) or seen[-1][1])
+  run = pipe.run
+  monkeypatch.setattr(pipe, "run", lambda clip, seed, opts: seen.append((clip, run(clip, seed, opts))) or seen[-1][1])
   text = "a b. c d e. f g. h i j."
   out = pipe.text_to_speech(text, **FAST)
   chunks = out.info["chunks"]
@@ -198,8 +190,8 @@ def test_main_samples_jobs_and_refuses_bad_input(workdir, tmp_path):
   done = subprocess.run(base + [f"--jobs={tmp_path / 'jobs.json'}"], capture_output=True, text=True, timeout=600,
                         env=env)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert sorted(os.listdir(tmp_path / "out")) == ["face.json", "face.npz", "face.wav",
-                                                  "hello.json", "hello.npz", "hello.wav"]
+  assert sorted(os.listdir(tmp_path / "out")) == ["face.json", "face.mp4", "face.npz", "face.wav",
+                                                  "hello.json", "hello.mp4", "hello.npz", "hello.wav"]
   assert json.load(open(tmp_path / "out" / "face.json"))["seed"] == 3
   bad = subprocess.run(base + ["--task=dub", "--text=hi", f"--motion={tmp_path / 'none.npz'}"],
                        capture_output=True, text=True, timeout=600, env=env)

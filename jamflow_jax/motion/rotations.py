@@ -21,29 +21,31 @@ import numpy as np
 _SMALL = 1e-6  # below this angle (rad) the closed forms switch to their Taylor series
 
 
-def _skew(v: np.ndarray) -> np.ndarray:
+def _skew(v, xp=np):
   """[..., 3] -> [..., 3, 3] cross-product matrix, skew(v) @ x == cross(v, x)."""
   x, y, z = v[..., 0], v[..., 1], v[..., 2]
-  zero = np.zeros_like(x)
-  return np.stack([np.stack([zero, -z, y], -1), np.stack([z, zero, -x], -1),
-                   np.stack([-y, x, zero], -1)], -2)
+  zero = xp.zeros_like(x)
+  return xp.stack([xp.stack([zero, -z, y], -1), xp.stack([z, zero, -x], -1),
+                   xp.stack([-y, x, zero], -1)], -2)
 
 
-def axis_angle_to_matrix(aa: np.ndarray) -> np.ndarray:
-  """Rodrigues: [..., 3] axis-angle -> [..., 3, 3] rotation matrix.
+def axis_angle_to_matrix(aa, *, xp=np):
+  """Rodrigues: [..., 3] axis-angle -> [..., 3, 3] rotation matrix, in numpy (float64) or, with
+  xp=jax.numpy, jit- and grad-able in the input's dtype (FLAME's skinning).
 
-  R = I + a K + b K^2 with K = skew(aa), a = sin(t)/t, b = (1 - cos t)/t^2, t = |aa|; the
-  coefficients use their series near t = 0 so tiny rotations keep full precision.
+  R = I + a K + b K^2 with K = skew(aa), K^2 = aa aa^T - t^2 I, a = sin(t)/t = sinc(t/pi) and
+  b = (1 - cos t)/t^2 = sinc(t/2pi)^2 / 2, t = |aa|: through sinc, tiny rotations keep full
+  precision (no 1 - cos cancellation), and the guarded square root keeps gradients finite at t = 0.
   """
-  aa = np.asarray(aa, np.float64)
-  theta2 = np.sum(aa * aa, axis=-1)
-  theta = np.sqrt(theta2)
-  small = theta < _SMALL
-  safe = np.where(small, 1.0, theta)
-  a = np.where(small, 1.0 - theta2 / 6.0, np.sin(safe) / safe)
-  b = np.where(small, 0.5 - theta2 / 24.0, (1.0 - np.cos(safe)) / (safe * safe))
-  k = _skew(aa)
-  return np.eye(3) + a[..., None, None] * k + b[..., None, None] * (k @ k)
+  aa = np.asarray(aa, np.float64) if xp is np else xp.asarray(aa)
+  theta2 = xp.sum(aa * aa, axis=-1)
+  nonzero = theta2 > 0
+  theta = xp.where(nonzero, xp.sqrt(xp.where(nonzero, theta2, 1.0)), 0.0)
+  a = xp.sinc(theta / np.pi)[..., None, None]
+  b = 0.5 * xp.sinc(theta / (2 * np.pi))[..., None, None] ** 2
+  eye = xp.eye(3, dtype=aa.dtype)
+  k2 = aa[..., :, None] * aa[..., None, :] - theta2[..., None, None] * eye
+  return eye + a * _skew(aa, xp) + b * k2
 
 
 def axis_angle_to_quaternion(aa: np.ndarray) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Evaluation: objective metrics for generated facial motion and speech (`metrics`)."""
