@@ -103,8 +103,8 @@ class Pipeline:
   """A trained JAM-Flow model with its sampler, vocoder, tokenizer and motion normalisation."""
 
   def __init__(self, config: ml_collections.ConfigDict, params, *, motion_mean: np.ndarray | None = None,
-               motion_std: np.ndarray | None = None, checkpoint: str = "", vocoder=None):
-    self.config, self.checkpoint = config, checkpoint
+               motion_std: np.ndarray | None = None, checkpoint: str = "", step: int | None = None, vocoder=None):
+    self.config, self.checkpoint, self.step = config, checkpoint, step  # step: of the weights, when known
     self.mesh = sharding.single_device_mesh(config)
     graphdef, _ = model_lib.abstract_model(config, self.mesh)
     self.sampler = Sampler(graphdef, params, self.mesh, config)
@@ -150,7 +150,7 @@ class Pipeline:
         stats = json.load(f)
       mean, std = stats["mean"], stats["std"]
     logging.info("loaded %s weights of step %d from %s", "EMA" if use_ema else "raw", step, workdir)
-    return cls(config, params, motion_mean=mean, motion_std=std, vocoder=vocoder,
+    return cls(config, params, motion_mean=mean, motion_std=std, vocoder=vocoder, step=step,
                checkpoint=f"{os.path.abspath(workdir)}/checkpoints/{step}" + (" (EMA)" if use_ema else ""))
 
   # ---- inputs -------------------------------------------------------------------------------------

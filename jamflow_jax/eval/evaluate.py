@@ -199,7 +199,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = N
   if unknown:
     raise config_lib.ConfigError(f"eval.tasks {tuple(config.eval.tasks)}: choose from {', '.join(TASKS)}")
   pipe = Pipeline.from_workdir(workdir, config, step=step)
-  step = int(pipe.checkpoint.split("/checkpoints/")[1].split()[0])
+  step = pipe.step
   records = validation_records(config, config.eval.num_examples)
   face = flame.load_face(config.render.face_model)
   t0 = time.perf_counter()
