@@ -157,6 +157,10 @@ class Pipeline:
 
   def load_audio(self, audio, *, name: str = "audio", resample: bool = False) -> np.ndarray:
     """A wav path or (samples, sample_rate) -> log mel [T, 100]."""
+    return mel_lib.log_mel(self.load_wav(audio, name=name, resample=resample))
+
+  def load_wav(self, audio, *, name: str = "audio", resample: bool = False) -> np.ndarray:
+    """A wav path or (samples, sample_rate) -> checked mono float32 [N] at the model's rate."""
     if isinstance(audio, (str, os.PathLike)):
       if not os.path.exists(audio):
         raise InputError(f"{name}: {audio} does not exist")
@@ -173,7 +177,7 @@ class Pipeline:
       wav = wav_lib.resample(wav, sr, rate)
     if wav.ndim != 1 or wav.shape[0] <= mel_lib.N_FFT:
       raise InputError(f"{where}: need mono audio longer than {mel_lib.N_FFT} samples, got shape {wav.shape}")
-    return mel_lib.log_mel(wav)
+    return wav
 
   def load_motion(self, motion, *, name: str = "motion") -> np.ndarray:
     """A FLAME npz path (any format data_pipelines.trackers reads) or an array [T, D] -> checked [T, D]."""
@@ -380,7 +384,8 @@ class Pipeline:
                       resample: bool = False, **options) -> Result:
     """Motion for a wav (path or (samples, rate)); the transcript helps if given (short clips)."""
     t0, seed, opts = time.perf_counter(), self._seed(seed), self.sampler_options(options)
-    mel = self.load_audio(audio, resample=resample)
+    wav = self.load_wav(audio, resample=resample)
+    mel = mel_lib.log_mel(wav)
     if text is not None:
       self._ids(text, where="text")
     ta = mel.shape[0]
@@ -416,14 +421,7 @@ class Pipeline:
       done = m0 + tm
     info = {"audio": _describe(audio), "text": text, "seed": seed, "options": dataclasses.asdict(opts),
             "chunks": chunks}
-    wav = self._input_wav(audio, resample)
-    return self._result("audio_to_motion", mel, out, info, t0, wav=wav)
-
-  def _input_wav(self, audio, resample: bool) -> np.ndarray:
-    """The given waveform at the model's rate, written beside the generated motion."""
-    wav, sr = wav_lib.load_wav(audio) if isinstance(audio, (str, os.PathLike)) else audio
-    return wav_lib.resample(np.asarray(wav, np.float32), sr, self.config.data.sample_rate) if resample else \
-        np.asarray(wav, np.float32)
+    return self._result("audio_to_motion", mel, out, info, t0, wav=wav)  # the given audio beside the motion
 
   def dub(self, motion, text: str, *, seed: int | None = None, **options) -> Result:
     """Speech saying `text`, timed to a FLAME motion clip (npz path or array [T, D] un-normalised)."""
@@ -461,7 +459,8 @@ class Pipeline:
       raise InputError("regenerating audio needs text, the transcript of the whole edited clip")
     if audio is None:  # the model always hears audio (training never drops the audio stream)
       raise InputError("edit needs the audio clip (and the motion clip to edit motion)")
-    mel = self.load_audio(audio, resample=resample)
+    wav = self.load_wav(audio, resample=resample)
+    mel = mel_lib.log_mel(wav)
     mot = self.load_motion(motion) if motion is not None else None
     ta = mel.shape[0]
     tm = self.motion_frames(ta)
@@ -485,7 +484,7 @@ class Pipeline:
     out_mel, out_mot = self.run(clip, seed, opts)
     info = {"audio": _describe(audio), "motion": _describe(motion), "text": text, "span_s": [start_s, end_s],
             "regenerate": list(regenerate), "seed": seed, "options": dataclasses.asdict(opts)}
-    wav = None if "audio" in regenerate else self._input_wav(audio, resample)
+    wav = None if "audio" in regenerate else wav
     return self._result("edit", out_mel, out_mot if mot is not None else None, info, t0, wav=wav,
                         given_motion=None if mot is None else (mot, motion_given))
 
