@@ -5,12 +5,11 @@ utterances, seed), so changing `data.corpus.*` or the generator builds a new cor
 one and never reuses a stale one.
 """
 
+import fcntl
 import os
 
-import jax
 import ml_collections
 from absl import logging
-from jax.experimental import multihost_utils
 
 from data_pipelines import shards, synth_corpus
 
@@ -26,24 +25,29 @@ def corpus_dir(config: ml_collections.ConfigDict) -> str:
   return os.path.join(cache_root(config), f"espeak-corpus-{version}-n{c.num_utterances}-seed{c.seed}")
 
 
-def _build_if_missing(config: ml_collections.ConfigDict, path: str) -> None:
-  if not os.path.exists(os.path.join(path, shards.METADATA_FILE)):
-    logging.warning("data.path is empty: building the built-in eSpeak corpus (%d utterances) into %s; "
-                    "this happens once", config.data.corpus.num_utterances, path)
-    synth_corpus.build_corpus(path, num_utterances=config.data.corpus.num_utterances,
-                              seed=config.data.corpus.seed, progress=True)
-
-
 def ensure_corpus(config: ml_collections.ConfigDict) -> str:
   """The built-in corpus directory, building it (with a progress bar) if it is not there yet.
 
-  With several processes, process 0 builds first and the others wait; a process that still sees no
-  corpus (a host not sharing that file system) builds its own, byte-identical copy.
+  Needs no distributed runtime (main calls it before `jax.distributed.initialize`, so a build that
+  outlasts the collectives' timeouts cannot break a multi-process start). Processes sharing the
+  cache's file system take a file lock: one builds, the others wait for it and reuse its corpus; a
+  host with a file system of its own builds its own, byte-identical copy. The build itself is atomic
+  (a temporary directory renamed into place).
   """
   path = corpus_dir(config)
-  if jax.process_count() > 1:
-    if jax.process_index() == 0:
-      _build_if_missing(config, path)
-    multihost_utils.sync_global_devices("jamflow_jax: built-in corpus")
-  _build_if_missing(config, path)
+  done = os.path.join(path, shards.METADATA_FILE)
+  if os.path.exists(done):
+    return path
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".lock", "w") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.warning("waiting for another process that is building the built-in corpus into %s", path)
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.exists(done):
+      logging.warning("data.path is empty: building the built-in eSpeak corpus (%d utterances) into %s; "
+                      "this happens once", config.data.corpus.num_utterances, path)
+      synth_corpus.build_corpus(path, num_utterances=config.data.corpus.num_utterances,
+                                seed=config.data.corpus.seed, progress=True)
   return path

@@ -7,8 +7,9 @@ smallest bucket length that holds its longest record. Bucket lengths are quantil
 length distribution (rounded up to `bucket_multiple`), so there are few distinct shapes (few
 compiles) and little padding (`BatchPlan.padding_fraction`).
 
-The plan is a pure function of (seed, batch index), identical on every process; process p reads
-slice p of each global batch (`jax.process_index/count`). So the iterator's state is one integer
+The plan is a pure function of (seed, batch index), identical on every process; a process reads
+the rows of each global batch that its devices hold (`jamflow_jax.sharding.process_rows`: under a
+model axis across processes, several processes read the same rows). So the iterator's state is one integer
 (grain's `next_index`), saved with the train state, and resuming replays exactly the batches an
 uninterrupted run would have seen, on any number of hosts.
 
@@ -121,18 +122,20 @@ class BatchPlan:
 
 
 class BatchLoader:
-  """Global batch index -> this process' host batch (dict of numpy arrays, the batch contract)."""
+  """Global batch index -> this process' host batch (dict of numpy arrays, the batch contract).
+
+  `rows`: the positions within each global batch that this process loads (default: all of them).
+  """
 
   def __init__(self, source: RecordSource, plan: BatchPlan, motion_mean: np.ndarray, motion_std: np.ndarray,
-               *, process_index: int = 0, process_count: int = 1, on_bad: str = "fail",
+               *, rows: np.ndarray | None = None, on_bad: str = "fail",
                sample_rate: int = 24000, hop_length: int = 256, motion_fps: float = 25.0,
                tokenizer: text_lib.Tokenizer = text_lib.Latin1Tokenizer()):
-    if plan.batch_size % process_count:
-      raise ValueError(f"global batch {plan.batch_size} does not split over {process_count} processes")
+    self.rows = np.arange(plan.batch_size) if rows is None else np.asarray(rows, np.int64)
+    if not self.rows.size or self.rows.min() < 0 or self.rows.max() >= plan.batch_size:
+      raise ValueError(f"rows {self.rows.tolist()} are not positions in a global batch of {plan.batch_size}")
     self.source, self.plan, self.on_bad, self.tokenizer = source, plan, on_bad, tokenizer
     self.mean, self.std = np.asarray(motion_mean, np.float32), np.asarray(motion_std, np.float32)
-    self.local = plan.batch_size // process_count
-    self.offset = process_index * self.local
     self.frames = functools.partial(motion_frames_for, motion_fps=motion_fps, sample_rate=sample_rate,
                                     hop_length=hop_length)
     self.skipped, self._lock = 0, threading.Lock()
@@ -152,11 +155,10 @@ class BatchLoader:
       raise BadRecordError(f"{e} (model.text_vocab)") from None
 
   def records(self, index: int) -> list[dict]:
-    """The records of this process' slice of global batch `index` (bad ones replaced under "skip")."""
+    """The records of this process' rows of global batch `index` (bad ones replaced under "skip")."""
     indices, _ = self.plan.batch(index)
-    mine = indices[self.offset:self.offset + self.local]
     records, bad = [], []
-    for i in mine:
+    for i in indices[self.rows]:
       try:
         records.append(self.load(int(i)))
       except BadRecordError as e:
@@ -264,10 +266,11 @@ def open_source(config: ml_collections.ConfigDict) -> tuple[RecordSource, dict]:
 
 
 def make_iterator(source: RecordSource, motion: dict, config: ml_collections.ConfigDict, *,
-                  process_index: int = 0, process_count: int = 1) -> DataIterator:
+                  rows: np.ndarray | None = None) -> DataIterator:
   """The training iterator over `source` with `config.data` / `config.train` settings; logs the padding.
 
-  `motion` is the corpus' motion description (its "mean"/"std" normalise the motion).
+  `motion` is the corpus' motion description (its "mean"/"std" normalise the motion); `rows` the
+  positions of each global batch this process loads (default all; see `BatchLoader`).
   """
   d = config.data
   if not len(source):
@@ -282,8 +285,8 @@ def make_iterator(source: RecordSource, motion: dict, config: ml_collections.Con
   logging.info("data: %d records, %d longer than %d mel frames left out; buckets %s; %d batches per epoch; "
                "padding %.1f%%", len(source), len(source) - plan.eligible.size, d.max_mel_frames, buckets,
                plan.batches_per_epoch, 100 * plan.padding_fraction())
-  loader = BatchLoader(source, plan, motion["mean"], motion["std"], process_index=process_index,
-                       process_count=process_count, on_bad=d.on_bad_record, sample_rate=d.sample_rate,
+  loader = BatchLoader(source, plan, motion["mean"], motion["std"], rows=rows,
+                       on_bad=d.on_bad_record, sample_rate=d.sample_rate,
                        hop_length=d.hop_length, motion_fps=d.motion_fps, tokenizer=text_lib.tokenizer(config))
   return DataIterator(loader, motion, num_threads=d.num_threads, prefetch=d.prefetch,
                       worker_processes=d.worker_processes)

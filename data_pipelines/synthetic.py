@@ -9,7 +9,6 @@ Batch i is a pure function of (seed, i), and the iterator state is just i, so a 
 reproduces exactly the batches an uninterrupted run would have seen.
 """
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -20,10 +19,12 @@ LATENT_DIM = 8
 
 class SyntheticBatches:
   """Iterator of host-local batches: mel [b,Ta,mel_dim] f32, mel_valid [b,Ta], motion [b,Tm,D] f32,
-  motion_valid [b,Tm], text [b,Ta] int32 (filler 0 after the transcript); b = batch / processes."""
+  motion_valid [b,Tm], text [b,Ta] int32 (filler 0 after the transcript); b = len(rows), the
+  positions of each global batch this process loads (default all)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, seed: int | None = None):
+  def __init__(self, config: ml_collections.ConfigDict, seed: int | None = None, rows: np.ndarray | None = None):
     self.config = config
+    self.rows = np.arange(config.train.batch_size) if rows is None else np.asarray(rows, np.int64)
     self.seed = config.train.seed if seed is None else seed
     self.num_batches = int(config.data.synthetic_num_batches)
     self.mel_frames = int(config.data.max_mel_frames)
@@ -68,6 +69,4 @@ class SyntheticBatches:
     batch = {"mel": np.where(mel_valid[..., None], mel, 0.0).astype(np.float32), "mel_valid": mel_valid,
              "motion": np.where(motion_valid[..., None], motion, 0.0).astype(np.float32),
              "motion_valid": motion_valid, "text": text}
-    per_process = b // jax.process_count()
-    rows = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
-    return {k: v[rows] for k, v in batch.items()}
+    return {k: v[self.rows] for k, v in batch.items()}

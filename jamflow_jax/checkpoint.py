@@ -1,7 +1,9 @@
 """Orbax checkpoints of the train state, the data iterator's state and the config.
 
-Layout: DIR/checkpoints/<step>/{state, data, config}. Saves are asynchronous; restoring takes
-abstract targets that carry the *current* shardings, so a run can resume on a different mesh.
+Layout: DIR/checkpoints/<step>/{state, data, config}, DIR local or a URL such as gs://bucket/run (one
+shared location for every process; Orbax writes it through epath and tensorstore). Saves are
+asynchronous; restoring takes abstract targets that carry the *current* shardings, so a run can
+resume on a different mesh.
 """
 
 import json
@@ -12,12 +14,13 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from jamflow_jax import paths
 from jamflow_jax.config import ConfigError
 
 
 class Checkpointer:
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  def __init__(self, workdir: str | os.PathLike, config: ml_collections.ConfigDict):
+    self.directory = paths.workdir_path(workdir) / "checkpoints"  # epath.Path: absolute, or the URL
     self.config_json = json.loads(config.to_json_best_effort())
     self.every_steps = int(config.checkpoint.every_steps)
     options = ocp.CheckpointManagerOptions(

@@ -49,14 +49,53 @@ _RESAMPLE = flags.DEFINE_bool("resample", False, "resample input audio to 24 kHz
 _SEED = flags.DEFINE_integer("seed", None, "noise seed (default config.sample.seed)")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
-    "jax.distributed.initialize(): auto = when launched as several processes (SLURM, TPU pod, "
-    "JAX_COORDINATOR_ADDRESS)")
+    "jax.distributed.initialize(): auto = when launched as several processes (--num_processes > 1, "
+    "SLURM with several tasks, a multi-host Cloud TPU slice)")
+# Multi-process start-up. Each flag falls back to its environment variable; SLURM and Cloud TPU fill
+# in what neither gives (jax.distributed's cluster detection).
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0's coordinator (env JAX_COORDINATOR_ADDRESS)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the job (env JAX_NUM_PROCESSES)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process, 0..num_processes-1 (env JAX_PROCESS_ID)")
+_LOCAL_DEVICES = flags.DEFINE_list(
+    "local_device_ids", None, "accelerators this process drives, e.g. 0,1,2,3 (env JAX_LOCAL_DEVICE_IDS; "
+    "default: all of the host's; under SLURM jax takes the one of SLURM_LOCALID)")
 
 
-def _launched_multiprocess() -> bool:
+def _flag_or_env(flag, name: str, parse):
+  if flag.value is not None:
+    return flag.value
+  value = os.environ.get(name, "").strip()
+  if not value:
+    return None
+  try:
+    return parse(value)
+  except ValueError:
+    raise app.UsageError(f"{name}={value!r} is not a valid --{flag.name}") from None
+
+
+def distributed_settings() -> dict | None:
+  """Keyword arguments for jax.distributed.initialize, or None for a single-process run."""
+  ids = _flag_or_env(_LOCAL_DEVICES, "JAX_LOCAL_DEVICE_IDS", lambda v: v.split(","))
+  settings = {"coordinator_address": _flag_or_env(_COORDINATOR, "JAX_COORDINATOR_ADDRESS", str),
+              "num_processes": _flag_or_env(_NUM_PROCESSES, "JAX_NUM_PROCESSES", int),
+              "process_id": _flag_or_env(_PROCESS_ID, "JAX_PROCESS_ID", int)}
+  try:
+    settings["local_device_ids"] = None if ids is None else [int(i) for i in ids]
+  except ValueError:
+    raise app.UsageError(f"--local_device_ids={','.join(ids)}: give comma-separated integers") from None
   env = os.environ
-  return (bool(env.get("JAX_COORDINATOR_ADDRESS")) or int(env.get("SLURM_NTASKS", "1")) > 1
-          or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
+  cluster = int(env.get("SLURM_NTASKS", "1")) > 1 or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+  n, i = settings["num_processes"], settings["process_id"]
+  if _DISTRIBUTED.value == "off" or (_DISTRIBUTED.value == "auto" and not cluster and (n or 1) <= 1):
+    return None
+  if not cluster and (n is None or i is None or not settings["coordinator_address"]):
+    raise app.UsageError("several processes need --coordinator_address, --num_processes and --process_id "
+                         "(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) unless SLURM or a "
+                         "Cloud TPU slice provides them")
+  if n is not None and i is not None and not 0 <= i < n:
+    raise app.UsageError(f"--process_id={i} must be in 0..{n - 1} (--num_processes={n})")
+  return {k: v for k, v in settings.items() if v is not None}
 
 
 class _QuietOrbax:
@@ -70,10 +109,18 @@ def main(argv):
   logging.get_absl_logger().addFilter(_QuietOrbax())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and _launched_multiprocess()):
-    jax.distributed.initialize()
   config = _CONFIG.value
-  logging.info("process %d of %d, %d devices", jax.process_index(), jax.process_count(), jax.device_count())
+  distributed = distributed_settings()
+  if _MODE.value in ("train", "eval") and not config.data.path and not config.data.source:
+    # Before the distributed runtime: a first build (minutes) must not outlast its start-up timeouts.
+    from data_pipelines import builtin
+    builtin.ensure_corpus(config)
+  if distributed is not None:
+    logging.info("starting the distributed runtime (%s)", ", ".join(f"{k}={v}" for k, v in distributed.items())
+                 or "from the SLURM / Cloud TPU environment")
+    jax.distributed.initialize(**distributed)
+  logging.info("process %d of %d, %d of %d devices", jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
   if _MODE.value == "train":
     from jamflow_jax import train
     train.train(config, _WORKDIR.value)
@@ -106,7 +153,11 @@ def _flag_job() -> dict:
 
 
 def sample(config, workdir: str) -> None:
-  """--mode=sample: the flag job or every job of --jobs, with progress and outputs per job."""
+  """--mode=sample: the flag job or every job of --jobs, with progress and outputs per job.
+
+  Under several processes each one generates the same samples on its first local device (no
+  process waits on another) and process 0 writes them.
+  """
   from tqdm import tqdm
 
   jobs = generate.read_jobs(_JOBS.value) if _JOBS.value else [_flag_job()]
@@ -117,12 +168,16 @@ def sample(config, workdir: str) -> None:
   if config.sample.video:
     from jamflow_jax.motion import flame
     face = flame.load_face(config.render.face_model)
-  for i, job in enumerate(tqdm(jobs, desc="samples", unit="sample", disable=len(jobs) == 1)):
+  writes = jax.process_index() == 0
+  if not writes:
+    logging.info("process %d generates alongside process 0, which writes the samples", jax.process_index())
+  for i, job in enumerate(tqdm(jobs, desc="samples", unit="sample", disable=len(jobs) == 1 or not writes)):
     where = f"{_JOBS.value} job {i}" if _JOBS.value else f"--task={job['task']}"
     result = generate.run_job(pipe, job, where=where, base_dir=base_dir)
     name = job.get("name") or f"{job['task']}-seed{result.info['seed']}" + (f"-{i}" if len(jobs) > 1 else "")
-    paths = result.save(out_dir, name, face=face, size=config.render.size)
-    logging.info("%s -> %s", where, ", ".join(sorted(paths.values())))
+    if writes:
+      paths = result.save(out_dir, name, face=face, size=config.render.size)
+      logging.info("%s -> %s", where, ", ".join(sorted(paths.values())))
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -1,18 +1,23 @@
 """Training metrics: averaging over a logging interval, TensorBoard event files, a console bar.
 
-TensorBoard events are written with tensorboardX (no TensorFlow). Per-task losses arrive from the
+TensorBoard events are written with tensorboardX (no TensorFlow) to DIR/tensorboard, DIR local or a
+URL (gs://...: written through etils.epath, see `EpathRecordWriter`). Per-task losses arrive from the
 step as frame-weighted sums and counts (`sum/<modality>/<task>`, `count/...`), so the interval
 average is exact however the tasks fell in each batch.
 """
 
 import collections
+import io
 import os
 
 import jax
 import numpy as np
 import tqdm
 from absl import logging
-from tensorboardX import SummaryWriter
+from etils import epath
+from tensorboardX import SummaryWriter, record_writer
+
+from jamflow_jax import paths
 
 
 def reduce_interval(step_metrics: list[dict]) -> dict[str, float]:
@@ -30,12 +35,51 @@ def reduce_interval(step_metrics: list[dict]) -> dict[str, float]:
   return out
 
 
+class EpathRecordWriter:
+  """An event file at a URL, written through etils.epath (tensorboardX's own gs:// and s3:// writers
+  need google-cloud-storage / boto3). Objects in a bucket cannot be appended to, so each flush with
+  new events rewrites the whole object, as TensorFlow's gfile does on GCS."""
+
+  def __init__(self, path: str):
+    self.path = epath.Path(path)
+    self.buffer = io.BytesIO()
+    self.written = -1  # bytes of the buffer in the object; -1: the object is not written yet
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    if self.buffer.tell() != self.written:
+      self.path.write_bytes(self.buffer.getvalue())
+      self.written = self.buffer.tell()
+
+  def close(self) -> None:
+    self.flush()
+
+
+class EpathRecordWriterFactory:
+  """tensorboardX's record-writer factory interface (`record_writer.register_writer_factory`)."""
+
+  def open(self, path: str) -> EpathRecordWriter:
+    return EpathRecordWriter(path)
+
+  def directory_check(self, path: str) -> None:
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def summary_writer(directory: epath.Path) -> SummaryWriter:
+  """A tensorboardX writer on `directory`: local files, or through epath for a URL's scheme."""
+  if paths.is_url(directory):
+    record_writer.register_writer_factory(os.fspath(directory).split("://")[0], EpathRecordWriterFactory())
+  return SummaryWriter(os.fspath(directory))
+
+
 class MetricsLogger:
   """Writes scalars to DIR/tensorboard and a progress bar to the console (process 0 only)."""
 
-  def __init__(self, workdir: str, total_steps: int, initial_step: int):
+  def __init__(self, workdir: str | os.PathLike, total_steps: int, initial_step: int):
     self.active = jax.process_index() == 0
-    self.writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if self.active else None
+    self.writer = summary_writer(paths.workdir_path(workdir) / "tensorboard") if self.active else None
     self.bar = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
                          disable=not self.active, mininterval=1.0)
 

@@ -27,8 +27,9 @@ def make_mesh(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] |
 
 
 def single_device_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-  """All mesh axes of size 1 on the first device: for planning, counting and unsharded use."""
-  return jax.make_mesh((1,) * len(config.mesh.axes), tuple(config.mesh.axes), devices=jax.devices()[:1],
+  """All mesh axes of size 1 on this process' first device: for planning, counting and unsharded
+  use (sampling, evaluation), which every process can then run on its own."""
+  return jax.make_mesh((1,) * len(config.mesh.axes), tuple(config.mesh.axes), devices=jax.local_devices()[:1],
                        axis_types=(jax.sharding.AxisType.Auto,) * len(config.mesh.axes))
 
 
@@ -61,10 +62,58 @@ def batch_sharding(mesh: jax.sharding.Mesh, ndim: int) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
-def host_batch_to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-  """This process's slice of the global batch -> global arrays sharded over the batch axes."""
-  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
-          for k, v in batch.items()}
+def process_rows(mesh: jax.sharding.Mesh, global_batch: int) -> np.ndarray:
+  """The global batch rows this process must load: those its addressable devices hold under
+  `batch_sharding(mesh)`, sorted. Any mesh: where a model axis spans processes, several processes
+  hold (and load) the same rows; a process holding part of a row's replicas loads that row."""
+  if global_batch % batch_shards(mesh):
+    raise ValueError(f"global batch {global_batch} does not split into the {batch_shards(mesh)} batch shards "
+                     f"of mesh {dict(mesh.shape)}")
+  index_map = batch_sharding(mesh, 1).addressable_devices_indices_map((global_batch,))
+  rows = {r for (rows_slice,) in index_map.values() for r in range(*rows_slice.indices(global_batch))}
+  return np.asarray(sorted(rows), np.int64)
+
+
+def batch_shards(mesh: jax.sharding.Mesh) -> int:
+  """How many distinct slices the batch axes cut a global batch into."""
+  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def host_batch_to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh,
+                         global_batch: int) -> dict[str, jax.Array]:
+  """This process's rows of the global batch -> global arrays [global_batch, ...] sharded over the
+  batch axes. `batch` values are [len(rows), ...] with row k = global row `process_rows(...)[k]`."""
+  rows = process_rows(mesh, global_batch)
+  out = {}
+  for k, v in batch.items():
+    v = np.asarray(v)
+    if v.shape[0] != rows.size:
+      raise ValueError(f"batch[{k!r}] has {v.shape[0]} rows; under mesh {dict(mesh.shape)} this process holds "
+                       f"{rows.size} of the {global_batch} rows (sharding.process_rows)")
+
+    def shard(index, v=v):  # the rows of one addressable device's shard, found among ours
+      return v[np.searchsorted(rows, np.arange(*index[0].indices(global_batch)))][(slice(None), *index[1:])]
+
+    out[k] = jax.make_array_from_callback((global_batch, *v.shape[1:]), batch_sharding(mesh, v.ndim), shard)
+  return out
+
+
+def check_divisible(tree: Any, what: str) -> None:
+  """ConfigError naming the first arrays of `tree` (ShapeDtypeStructs / arrays with NamedShardings)
+  whose dimensions the mesh axes they are sharded over do not divide."""
+  bad = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    spec, mesh = leaf.sharding.spec, leaf.sharding.mesh
+    for dim, axes in zip(leaf.shape, spec):
+      axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+      parts = int(np.prod([mesh.shape[a] for a in axes]))
+      if dim % parts:
+        bad.append(f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)}: {dim} over {'x'.join(axes)}={parts}")
+  if bad:
+    raise config_lib.ConfigError(
+        f"mesh.shape {tuple(mesh.shape.values())} ({', '.join(mesh.axis_names)}) cannot shard the {what}: "
+        + "; ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        + " (sharding.logical_axis_rules maps model axes to mesh axes); choose mesh sizes that divide them")
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -21,6 +21,7 @@ from flax import nnx, struct
 
 from jamflow_jax import checkpoint as checkpoint_lib
 from jamflow_jax import config as config_lib
+from jamflow_jax import paths
 from jamflow_jax import flops, flow, metrics as metrics_lib, model as model_lib, sharding
 from jamflow_jax.model import attention, f5tts
 
@@ -66,6 +67,7 @@ class Trainer:
     self.tx = make_optimizer(config)
     self.schedule = learning_rate_schedule(config)
     self.graphdef, abstract_params = model_lib.abstract_model(config, mesh)
+    sharding.check_divisible(abstract_params, "model's parameters")
     param_sh = jax.tree.map(lambda a: a.sharding, abstract_params)
     rep = sharding.replicated(mesh)
     opt_state = jax.eval_shape(self.tx.init, abstract_params)
@@ -120,7 +122,12 @@ class Trainer:
     missing = set(BATCH_NDIM) - set(host_batch)
     if missing:
       raise KeyError(f"batch lacks keys {sorted(missing)} of the batch contract {sorted(BATCH_NDIM)}")
-    return sharding.host_batch_to_global({k: host_batch[k] for k in BATCH_NDIM}, self.mesh)
+    return sharding.host_batch_to_global({k: host_batch[k] for k in BATCH_NDIM}, self.mesh,
+                                         self.config.train.batch_size)
+
+  def process_rows(self) -> np.ndarray:
+    """The rows of each global batch this process loads (`sharding.process_rows`)."""
+    return sharding.process_rows(self.mesh, self.config.train.batch_size)
 
 
 def init_from_f5(trainer: Trainer, state: TrainState) -> TrainState:
@@ -141,16 +148,16 @@ def init_from_f5(trainer: Trainer, state: TrainState) -> TrainState:
                        ema_params=f5tts.merge_params(state.ema_params, converted))
 
 
-def make_source(config: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndarray]]:
-  """The configured batch source (an iterator with get_state/set_state)."""
+def make_source(config: ml_collections.ConfigDict, rows: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """The configured batch source (an iterator with get_state/set_state) of the global batch
+  positions `rows` (default all; a trainer's `process_rows()` under several processes)."""
   if config.data.source == "synthetic":
     from data_pipelines.synthetic import SyntheticBatches
     logging.warning("data.source=synthetic: training on SYNTHETIC batches (not speech, not faces).")
-    return SyntheticBatches(config)
+    return SyntheticBatches(config, rows=rows)
   from data_pipelines import pipeline
   source, motion = pipeline.open_source(config)
-  return pipeline.make_iterator(source, motion, config, process_index=jax.process_index(),
-                                process_count=jax.process_count())
+  return pipeline.make_iterator(source, motion, config, rows=rows)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -160,17 +167,20 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   Returns {step: loss} for the steps run in this call (host floats, fetched at logging time).
   """
   config_lib.validate(config, jax.device_count())
-  os.makedirs(workdir, exist_ok=True)
+  directory = paths.workdir_path(workdir)  # local or gs://...: through etils.epath
+  directory.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
   mesh = sharding.make_mesh(config)
   logging.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].device_kind)
   trainer = Trainer(config, mesh)
-  source = make_source(config) if source is None else source
+  rows = trainer.process_rows()
+  if jax.process_count() > 1:
+    logging.info("process %d loads rows %s of each global batch of %d", jax.process_index(),
+                 _ranges(rows), config.train.batch_size)
+  source = make_source(config, rows) if source is None else source
   if jax.process_index() == 0 and hasattr(source, "motion"):  # for un-normalising generated motion
-    with open(os.path.join(workdir, "motion_stats.json"), "w") as f:
-      json.dump(source.motion, f)
+    (directory / "motion_stats.json").write_text(json.dumps(source.motion))
   ckpt = checkpoint_lib.Checkpointer(workdir, config)
   restored = ckpt.restore(trainer.abstract_state)
   if restored is not None:
@@ -184,7 +194,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       state = init_from_f5(trainer, state)
 
   evaluator = None
-  if config.eval.every_steps and jax.process_index() == 0 and config.data.source != "synthetic":
+  if config.eval.every_steps and config.data.source != "synthetic":  # every process takes part
     from jamflow_jax.eval.evaluate import TrainingEvaluator
     evaluator = TrainingEvaluator(config, getattr(source, "motion", None))
   first = int(state.step)
@@ -196,7 +206,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   try:
     for step in range(first + 1, num_steps + 1):
       host_batch = next(source)
-      valid_frames += float(np.sum(host_batch["mel_valid"])) * jax.process_count()
+      # Estimated from this process' rows (the global count would need a collective).
+      valid_frames += float(np.sum(host_batch["mel_valid"])) * config.train.batch_size / rows.size
       # Batches are length-bucketed: count the FLOPs of this batch's padded shape.
       interval_flops += flops.train_flops(config, host_batch["mel"].shape[1],
                                           host_batch["motion"].shape[1]) * config.train.batch_size
@@ -220,9 +231,26 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           if peak:
             scalars["mfu"] = interval_flops / (now - t_last) / peak
         logger.write(step, scalars)
+        if config.train.metrics_file:
+          _append_metrics(config.train.metrics_file, step, {s: history[s] for s, _ in losses}, scalars)
         pending, losses, t_last, n_last, valid_frames, interval_flops = [], [], now, step, 0.0, 0.0
   finally:  # whatever stops the loop, the checkpoints already started are completed
     ckpt.wait()
     ckpt.close()
     logger.close()
   return history
+
+
+def _append_metrics(path: str, step: int, losses: dict[int, float], scalars: dict[str, float]) -> None:
+  """One JSON line per logging interval into the local file `path` ({process} -> this process' index):
+  every step's loss as this process computed it, and the interval's scalars."""
+  path = path.format(process=jax.process_index())
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "a") as f:
+    f.write(json.dumps({"step": step, "process": jax.process_index(), "losses": losses, "scalars": scalars}) + "\n")
+
+
+def _ranges(rows: np.ndarray) -> str:
+  """[0 1 2 3 8 9] -> '0-3, 8-9' (for logs)."""
+  cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+  return ", ".join(f"{r[0]}-{r[-1]}" if r.size > 1 else f"{r[0]}" for r in np.split(rows, cuts))

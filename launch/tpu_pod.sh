@@ -6,7 +6,9 @@
 # The repository is expected at ~/jamflow_jax on each worker (e.g. via `gcloud ... scp --worker=all`).
 set -euo pipefail
 tpu=${1:?TPU name}; zone=${2:?zone}; preset=${3:?preset}; workdir=${4:?workdir}; shift 4
-overrides=$(printf ' %q' "$@")
+# Each override shell-quoted for the remote shell; none at all must add nothing (not '').
+overrides=""
+for arg in "$@"; do overrides+=" $(printf '%q' "${arg}")"; done
 gcloud compute tpus tpu-vm ssh "${tpu}" --zone="${zone}" --worker=all --command="
   set -e; cd ~/jamflow_jax
   python3 -m pip install -q -e . 'jax[tpu]'

@@ -85,8 +85,8 @@ def test_processes_get_disjoint_slices_covering_the_data(corpus):
   plan = pipeline.make_iterator(source, motion, config).loader.plan
   seen = []
   for p in range(2):
-    loader = pipeline.BatchLoader(source, plan, corpus.motion_mean, corpus.motion_std, process_index=p,
-                                  process_count=2)
+    rows = np.arange(p * config.train.batch_size // 2, (p + 1) * config.train.batch_size // 2)
+    loader = pipeline.BatchLoader(source, plan, corpus.motion_mean, corpus.motion_std, rows=rows)
     seen.append([r["id"] for index in range(plan.batches_per_epoch) for r in loader.records(index)])
   assert not set(seen[0]) & set(seen[1]) and len(seen[0]) == len(seen[1]) == len(set(seen[0]))
   covered = {source[int(i)]["id"] for i in plan.epoch(0)[0].ravel()}

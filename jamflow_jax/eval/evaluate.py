@@ -33,6 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from jamflow_jax import config as config_lib
 from jamflow_jax.eval import metrics
@@ -231,7 +232,9 @@ class TrainingEvaluator:
   rendered sample (an animated GIF, as TensorBoard shows videos), its plot and audio to TensorBoard.
 
   The pipeline, the records and the face are built once; each call swaps in the current weights, so
-  the sampler compiles once per length bucket for the whole run.
+  the sampler compiles once per length bucket for the whole run. Under several processes every
+  process takes part: the weights are gathered from the mesh (a collective), each process evaluates
+  on its first local device (the same computation, so none waits on another), and process 0 writes.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, motion: dict | None):
@@ -242,7 +245,8 @@ class TrainingEvaluator:
     self.pipe = None
 
   def __call__(self, params, step: int, writer) -> dict:
-    params = jax.device_get(params)
+    """Scores the weights `params` (arrays on the training mesh); `writer` None: nothing written."""
+    params = multihost_utils.process_allgather(params)
     if self.pipe is None:
       stats = self.motion or {}
       self.pipe = Pipeline(self.config, params, motion_mean=stats.get("mean"), motion_std=stats.get("std"),
@@ -253,6 +257,8 @@ class TrainingEvaluator:
                                                    seed=self.config.eval.seed)
     scalars = {f"eval/{task}/{name}": value for task, systems in out["results"].items()
                for name, value in systems["model"].items()}
+    if writer is None:
+      return out["results"]
     for name, value in scalars.items():
       writer.add_scalar(name, value, step)
     if self.config.eval.render and "a2m" in out["first"]:
