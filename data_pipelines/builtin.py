@@ -5,6 +5,7 @@ utterances, seed), so changing `data.corpus.*` or the generator builds a new cor
 one and never reuses a stale one.
 """
 
+import contextlib
 import fcntl
 import os
 
@@ -50,4 +51,7 @@ def ensure_corpus(config: ml_collections.ConfigDict) -> str:
                       "this happens once", config.data.corpus.num_utterances, path)
       synth_corpus.build_corpus(path, num_utterances=config.data.corpus.num_utterances,
                                 seed=config.data.corpus.seed, progress=True)
+    # Safe while others still wait on it: whoever comes later finds the corpus before any lock.
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(path + ".lock")
   return path
