@@ -98,6 +98,21 @@ def host_batch_to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh,
   return out
 
 
+def to_host(tree: Any) -> Any:
+  """The global value of every array in `tree` as numpy, on every process.
+
+  Arrays this process holds whole are copied; arrays spread over other processes' devices are gathered
+  (a collective: every process must call this with the same tree).
+  """
+  from jax.experimental import multihost_utils
+
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+      return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x))
+  return jax.tree.map(one, tree)
+
+
 def check_divisible(tree: Any, what: str) -> None:
   """ConfigError naming the first arrays of `tree` (ShapeDtypeStructs / arrays with NamedShardings)
   whose dimensions the mesh axes they are sharded over do not divide."""

@@ -33,9 +33,8 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
-from jamflow_jax import config as config_lib
+from jamflow_jax import config as config_lib, sharding
 from jamflow_jax.eval import metrics
 from jamflow_jax.generate import Clip, Pipeline
 from jamflow_jax.motion import flame, render
@@ -246,7 +245,7 @@ class TrainingEvaluator:
 
   def __call__(self, params, step: int, writer) -> dict:
     """Scores the weights `params` (arrays on the training mesh); `writer` None: nothing written."""
-    params = multihost_utils.process_allgather(params)
+    params = sharding.to_host(params)
     if self.pipe is None:
       stats = self.motion or {}
       self.pipe = Pipeline(self.config, params, motion_mean=stats.get("mean"), motion_std=stats.get("std"),
