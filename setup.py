@@ -36,11 +36,17 @@ setup(
         "pillow>=10,<14",
         "matplotlib>=3.8,<4",
         "protobuf>=4.21,<8",  # tfds records; data_pipelines.tfds_builder decodes them
+        # gs:// workdirs: etils.epath reads and writes them through gcsfs (Orbax's arrays go
+        # through tensorstore's own GCS driver).
+        "gcsfs>=2025.1,<2027",
     ],
     extras_require={
         # librosa is the independent reference for the mel spectrogram tests.
-        "test": ["pytest>=8,<10", "librosa>=0.10,<0.12"],
+        # gcp-storage-emulator: an in-memory GCS server, so gs:// workdirs are tested offline.
+        "test": ["pytest>=8,<10", "librosa>=0.10,<0.12", "gcp-storage-emulator>=2026.7,<2027"],
         # libtpu for Cloud TPU VMs, and for ahead-of-time compiles for TPU topologies on any host.
         "tpu": ["jax[tpu]>=0.10.2,<0.12"],
+        # NVIDIA GPUs: jaxlib's CUDA 12 plugin with its CUDA libraries from pip (driver >= 525).
+        "cuda": ["jax[cuda12]>=0.10.2,<0.12"],
     },
 )

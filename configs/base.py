@@ -109,8 +109,9 @@ def _base() -> ml_collections.ConfigDict:
   t.seed = 0
   t.log_every_steps = 100
   t.peak_flops_per_device = 0.0      # 0 = look up the device kind (for MFU)
-  t.metrics_file = ""                # also append each interval's per-step losses and scalars as JSON
-                                     # lines to this local file, per process ({process} = its index)
+  t.metrics_file = ""                # also append each interval's per-step losses and scalars, and each
+                                     # evaluation's scores, as JSON lines to this local file, per process
+                                     # ({process} = its index)
   t.init_from = ""                   # F5-TTS checkpoint (.safetensors / .pt): its weights start the audio
                                      # stream when the workdir has no checkpoint yet
   t.init_layout = "v1"               # v1 (F5TTS_v1_Base) | base (F5TTS_Base: model.rope_heads=1)

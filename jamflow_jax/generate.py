@@ -45,6 +45,7 @@ from absl import logging
 from jamflow_jax import checkpoint as checkpoint_lib
 from jamflow_jax import config as config_lib
 from jamflow_jax import model as model_lib
+from jamflow_jax import paths as paths_lib
 from jamflow_jax import sharding
 from jamflow_jax import text as text_lib
 from jamflow_jax.audio import mel as mel_lib
@@ -70,22 +71,27 @@ class Result:
 
   def save(self, directory: str | os.PathLike, name: str, *, face=None, size: int = 256) -> dict[str, str]:
     """Writes NAME.wav, NAME.npz (when there is motion), NAME.mp4 (when there is motion and a `face`,
-    a FLAME-format model, to show it on) and NAME.json; returns their paths."""
-    os.makedirs(directory, exist_ok=True)
-    paths = {"wav": os.path.join(directory, f"{name}.wav"), "json": os.path.join(directory, f"{name}.json")}
-    wav_lib.write_wav(paths["wav"], self.wav, self.sample_rate)
+    a FLAME-format model, to show it on) and NAME.json into `directory` (local or a gs:// URL);
+    returns their paths."""
+    directory = paths_lib.workdir_path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = {"wav": directory / f"{name}.wav"}
+    with paths_lib.local_file(out["wav"]) as f:
+      wav_lib.write_wav(f, self.wav, self.sample_rate)
     if self.motion is not None:
-      paths["npz"] = os.path.join(directory, f"{name}.npz")
-      np.savez(paths["npz"], motion=self.motion.astype(np.float32), fps=np.float32(self.spec.fps),
-               **{k: v.astype(np.float32) for k, v in self.spec.split(self.motion).items()})
+      out["npz"] = directory / f"{name}.npz"
+      with paths_lib.local_file(out["npz"]) as f:
+        np.savez(f, motion=self.motion.astype(np.float32), fps=np.float32(self.spec.fps),
+                 **{k: v.astype(np.float32) for k, v in self.spec.split(self.motion).items()})
       if face is not None:
         from jamflow_jax.motion import render
-        paths["mp4"] = os.path.join(directory, f"{name}.mp4")
-        render.write_face_video(paths["mp4"], face, self.motion, wav=self.wav, sample_rate=self.sample_rate,
-                                fps=self.spec.fps, size=size)
-    with open(paths["json"], "w") as f:
-      json.dump({**self.info, "outputs": {k: os.path.basename(v) for k, v in paths.items()}}, f, indent=1)
-    return paths
+        out["mp4"] = directory / f"{name}.mp4"
+        with paths_lib.local_file(out["mp4"]) as f:
+          render.write_face_video(f, face, self.motion, wav=self.wav, sample_rate=self.sample_rate,
+                                  fps=self.spec.fps, size=size)
+    out["json"] = directory / f"{name}.json"
+    out["json"].write_text(json.dumps({**self.info, "outputs": {k: v.name for k, v in out.items()}}, indent=1))
+    return {k: os.fspath(v) for k, v in out.items()}
 
 
 @dataclasses.dataclass
@@ -134,8 +140,8 @@ class Pipeline:
   def from_workdir(cls, workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None, *,
                    step: int | None = None, use_ema: bool | None = None, vocoder=None) -> "Pipeline":
     """Loads DIR/checkpoints (EMA weights by default) with DIR/config.json (or `config`)."""
-    workdir = os.fspath(workdir)
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    workdir = paths_lib.workdir_path(workdir)
+    if not (workdir / "checkpoints").is_dir():
       raise InputError(f"{workdir}: no checkpoints/ directory; train into this --workdir first")
     if config is None:
       config = saved_config(workdir)
@@ -144,14 +150,13 @@ class Pipeline:
     abstract = model_lib.abstract_params(config, mesh)
     params, step = checkpoint_lib.Checkpointer(workdir, config).restore_params(abstract, step, ema=use_ema)
     mean = std = None
-    stats_path = os.path.join(workdir, "motion_stats.json")
-    if os.path.exists(stats_path):
-      with open(stats_path) as f:
-        stats = json.load(f)
+    stats_path = workdir / "motion_stats.json"
+    if stats_path.exists():
+      stats = json.loads(stats_path.read_text())
       mean, std = stats["mean"], stats["std"]
     logging.info("loaded %s weights of step %d from %s", "EMA" if use_ema else "raw", step, workdir)
     return cls(config, params, motion_mean=mean, motion_std=std, vocoder=vocoder, step=step,
-               checkpoint=f"{os.path.abspath(workdir)}/checkpoints/{step}" + (" (EMA)" if use_ema else ""))
+               checkpoint=f"{workdir}/checkpoints/{step}" + (" (EMA)" if use_ema else ""))
 
   # ---- inputs -------------------------------------------------------------------------------------
 
@@ -489,14 +494,13 @@ class Pipeline:
                         given_motion=None if mot is None else (mot, motion_given))
 
 
-def saved_config(workdir: str) -> ml_collections.ConfigDict:
+def saved_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   """DIR/config.json over its preset's defaults (so settings newer than the run get their defaults)."""
   from configs.base import get_config
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = paths_lib.workdir_path(workdir) / "config.json"
+  if not path.exists():
     raise InputError(f"{workdir}: no config.json; pass the training config")
-  with open(path) as f:
-    saved = json.load(f)
+  saved = json.loads(path.read_text())
   config = get_config(saved.get("preset", "base"))
 
   def merge(node: ml_collections.ConfigDict, values: dict) -> None:

@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from data_pipelines.shards import BadRecordError
 from jamflow_jax import config as config_lib
-from jamflow_jax import generate
+from jamflow_jax import generate, paths
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py[:PRESET]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, TensorBoard logs and config.json go")
@@ -162,7 +162,7 @@ def sample(config, workdir: str) -> None:
 
   jobs = generate.read_jobs(_JOBS.value) if _JOBS.value else [_flag_job()]
   base_dir = os.path.dirname(os.path.abspath(_JOBS.value)) if _JOBS.value else ""
-  out_dir = _OUT.value or os.path.join(workdir, "samples")
+  out_dir = _OUT.value or paths.workdir_path(workdir) / "samples"  # local or a URL
   pipe = generate.Pipeline.from_workdir(workdir, config, step=_STEP.value)
   face = None
   if config.sample.video:
@@ -176,8 +176,8 @@ def sample(config, workdir: str) -> None:
     result = generate.run_job(pipe, job, where=where, base_dir=base_dir)
     name = job.get("name") or f"{job['task']}-seed{result.info['seed']}" + (f"-{i}" if len(jobs) > 1 else "")
     if writes:
-      paths = result.save(out_dir, name, face=face, size=config.render.size)
-      logging.info("%s -> %s", where, ", ".join(sorted(paths.values())))
+      written = result.save(out_dir, name, face=face, size=config.render.size)
+      logging.info("%s -> %s", where, ", ".join(sorted(written.values())))
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

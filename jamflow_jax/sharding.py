@@ -101,16 +101,19 @@ def host_batch_to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh,
 def to_host(tree: Any) -> Any:
   """The global value of every array in `tree` as numpy, on every process.
 
-  Arrays this process holds whole are copied; arrays spread over other processes' devices are gathered
-  (a collective: every process must call this with the same tree).
+  Arrays this process holds whole (or a full replica of) are copied; arrays split over other processes'
+  devices are first replicated over their own mesh, all in one program (a collective: every process
+  must call this with the same tree).
   """
-  from jax.experimental import multihost_utils
-
-  def one(x):
-    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
-      return np.asarray(jax.device_get(x))
-    return np.asarray(multihost_utils.process_allgather(x))
-  return jax.tree.map(one, tree)
+  leaves, treedef = jax.tree.flatten(tree)
+  spread = [i for i, x in enumerate(leaves)
+            if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated)]
+  if spread:
+    replicated = [leaves[i].sharding.update(spec=jax.sharding.PartitionSpec()) for i in spread]
+    gathered = jax.jit(lambda xs: xs, out_shardings=replicated)([leaves[i] for i in spread])
+    for i, x in zip(spread, gathered):
+      leaves[i] = x
+  return jax.tree.unflatten(treedef, [np.asarray(jax.device_get(x)) for x in leaves])
 
 
 def check_divisible(tree: Any, what: str) -> None:

@@ -219,7 +219,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                    force=step == num_steps):
         logging.info("checkpoint at step %d", step)
       if evaluator is not None and step % config.eval.every_steps == 0:
-        evaluator(state.ema_params, step, logger.writer)
+        results = evaluator(state.ema_params, step, logger.writer)
+        if config.train.metrics_file:
+          _append_metrics(config.train.metrics_file, {"step": step, "eval": results})
       if step % config.train.log_every_steps == 0 or step == num_steps:
         scalars = metrics_lib.reduce_interval(pending)
         history.update((s, float(v)) for s, v in jax.device_get(losses))
@@ -232,7 +234,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             scalars["mfu"] = interval_flops / (now - t_last) / peak
         logger.write(step, scalars)
         if config.train.metrics_file:
-          _append_metrics(config.train.metrics_file, step, {s: history[s] for s, _ in losses}, scalars)
+          _append_metrics(config.train.metrics_file,
+                          {"step": step, "losses": {s: history[s] for s, _ in losses}, "scalars": scalars})
         pending, losses, t_last, n_last, valid_frames, interval_flops = [], [], now, step, 0.0, 0.0
   finally:  # whatever stops the loop, the checkpoints already started are completed
     ckpt.wait()
@@ -241,13 +244,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   return history
 
 
-def _append_metrics(path: str, step: int, losses: dict[int, float], scalars: dict[str, float]) -> None:
-  """One JSON line per logging interval into the local file `path` ({process} -> this process' index):
-  every step's loss as this process computed it, and the interval's scalars."""
+def _append_metrics(path: str, record: dict) -> None:
+  """`record` as one JSON line into the local file `path` ({process} -> this process' index): per
+  logging interval every step's loss and the interval's scalars as this process computed them, per
+  evaluation its scores."""
   path = path.format(process=jax.process_index())
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "a") as f:
-    f.write(json.dumps({"step": step, "process": jax.process_index(), "losses": losses, "scalars": scalars}) + "\n")
+    f.write(json.dumps({**record, "process": jax.process_index()}) + "\n")
 
 
 def _ranges(rows: np.ndarray) -> str:

@@ -33,8 +33,9 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
-from jamflow_jax import config as config_lib, sharding
+from jamflow_jax import config as config_lib, paths, sharding
 from jamflow_jax.eval import metrics
 from jamflow_jax.generate import Clip, Pipeline
 from jamflow_jax.motion import flame, render
@@ -181,19 +182,24 @@ def validation_records(config: ml_collections.ConfigDict, count: int) -> list[di
 
 
 def render_sample(pipe: Pipeline, face: flame.FlameModel, mel: np.ndarray, motion: np.ndarray,
-                  out_stem: str) -> dict[str, str]:
-  """out_stem.mp4 (the face speaking `mel`, vocoded) and out_stem.png (motion vs energy)."""
+                  out_stem: epath.Path) -> dict[str, str]:
+  """out_stem.mp4 (the face speaking `mel`, vocoded) and out_stem.png (motion vs energy); local or URL."""
   wav = np.asarray(pipe.vocoder(mel), np.float32)
   rate, fps = pipe.config.data.sample_rate, pipe.spec.fps
-  paths = {"mp4": out_stem + ".mp4", "png": out_stem + ".png"}
-  render.write_face_video(paths["mp4"], face, motion, wav=wav, sample_rate=rate, fps=fps,
-                          size=pipe.config.render.size)
-  render.plot_motion(paths["png"], motion, wav=wav, sample_rate=rate, fps=fps)
-  return paths
+  out = {"mp4": out_stem.with_name(out_stem.name + ".mp4"), "png": out_stem.with_name(out_stem.name + ".png")}
+  with paths.local_file(out["mp4"]) as f:
+    render.write_face_video(f, face, motion, wav=wav, sample_rate=rate, fps=fps, size=pipe.config.render.size)
+  with paths.local_file(out["png"]) as f:
+    render.plot_motion(f, motion, wav=wav, sample_rate=rate, fps=fps)
+  return {k: os.fspath(v) for k, v in out.items()}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None) -> dict:
-  """--mode=eval: evaluates DIR's checkpoint (EMA weights) and writes DIR/eval/step_<N>.{json,txt,mp4,png}."""
+  """--mode=eval: evaluates DIR's checkpoint (EMA weights) and writes DIR/eval/step_<N>.{json,txt,mp4,png}.
+
+  Under several processes each one evaluates on its first local device (no process waits on
+  another) and process 0 writes.
+  """
   from tqdm import tqdm
   unknown = set(config.eval.tasks) - set(TASKS)
   if unknown:
@@ -202,24 +208,27 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = N
   step = pipe.step
   records = validation_records(config, config.eval.num_examples)
   face = flame.load_face(config.render.face_model)
+  writes = jax.process_index() == 0
+  if not writes:
+    logging.info("process %d evaluates alongside process 0, which writes the report", jax.process_index())
   t0 = time.perf_counter()
-  with tqdm(total=len(records), desc="eval", unit="utt") as bar:
+  with tqdm(total=len(records), desc="eval", unit="utt", disable=not writes) as bar:
     out = Evaluator(pipe, face).evaluate(records, tuple(config.eval.tasks), seed=config.eval.seed,
                                          progress=lambda n: bar.update(n - bar.n))
   results = out["results"]
-  directory = os.path.join(workdir, "eval")
-  os.makedirs(directory, exist_ok=True)
-  stem = os.path.join(directory, f"step_{step}")
+  stem = paths.workdir_path(workdir) / "eval" / f"step_{step}"
   report = {"step": step, "checkpoint": pipe.checkpoint, "num_examples": len(records),
             "face_model": config.render.face_model or "stand-in", "sampler": dict(config.sample),
             "wall_s": round(time.perf_counter() - t0, 1), "results": results}
-  with open(stem + ".json", "w") as f:
-    json.dump(report, f, indent=1)
+  if not writes:
+    return report
+  stem.parent.mkdir(parents=True, exist_ok=True)
+  stem.with_name(stem.name + ".json").write_text(json.dumps(report, indent=1))
   text = table(results)
-  with open(stem + ".txt", "w") as f:
-    f.write(text + "\n")
+  stem.with_name(stem.name + ".txt").write_text(text + "\n")
   if config.eval.render and "a2m" in out["first"]:
-    render_sample(pipe, face, np.asarray(records[0]["mel"], np.float32), out["first"]["a2m"][1], stem + "_a2m")
+    render_sample(pipe, face, np.asarray(records[0]["mel"], np.float32), out["first"]["a2m"][1],
+                  stem.with_name(stem.name + "_a2m"))
   logging.info("evaluated step %d on %d validation utterances in %.0f s -> %s.{json,txt}", step, len(records),
                report["wall_s"], stem)
   print(text)
