@@ -112,6 +112,8 @@ def _base() -> ml_collections.ConfigDict:
   t.metrics_file = ""                # also append each interval's per-step losses and scalars, and each
                                      # evaluation's scores, as JSON lines to this local file, per process
                                      # ({process} = its index)
+  t.skip_nonfinite = False           # a NaN/inf loss or gradient norm: False stops the run naming the
+                                     # step, True skips that update (counted as skipped_steps)
   t.init_from = ""                   # F5-TTS checkpoint (.safetensors / .pt): its weights start the audio
                                      # stream when the workdir has no checkpoint yet
   t.init_layout = "v1"               # v1 (F5TTS_v1_Base) | base (F5TTS_Base: model.rope_heads=1)

@@ -276,10 +276,14 @@ def make_iterator(source: RecordSource, motion: dict, config: ml_collections.Con
   if not len(source):
     raise ConfigError(f"data.split={d.split!r} has no records")
   usable = source.lengths[source.lengths <= d.max_mel_frames]
-  if usable.size < config.train.batch_size:
+  batch = config.train.batch_size
+  if usable.size < batch:
+    fix = (f"set --config.train.batch_size={len(source)} or less" if len(source) < batch else
+           f"set --config.data.max_mel_frames={int(np.sort(source.lengths)[batch - 1])} or more "
+           f"({int(source.lengths.max())} keeps every record)")
     raise ConfigError(f"{usable.size} of {len(source)} records are at most data.max_mel_frames="
                       f"{d.max_mel_frames} mel frames long (shortest {int(source.lengths.min())}); "
-                      f"train.batch_size={config.train.batch_size} needs at least that many")
+                      f"train.batch_size={batch} needs at least that many: {fix}")
   buckets = bucket_lengths(usable, d.num_buckets, d.bucket_multiple, d.max_mel_frames)
   plan = BatchPlan(source.lengths, config.train.batch_size, buckets, config.train.seed, d.sort_window)
   logging.info("data: %d records, %d longer than %d mel frames left out; buckets %s; %d batches per epoch; "

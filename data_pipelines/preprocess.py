@@ -268,6 +268,8 @@ def preprocess(out: str, audio_dir: str, motion_dir: str, *, transcripts: str | 
     raise ValueError(f"--split_by={split_by}; choose utterance or speaker")
   if not 0 <= validation_fraction < 1:
     raise ValueError(f"--validation_fraction={validation_fraction} must be in [0, 1)")
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ValueError(f"--out={out} is a file; give an empty or new directory")
   if os.path.isdir(out) and any(n == shards.METADATA_FILE or n.endswith(".array_record")
                                 for n in os.listdir(out)):
     raise ValueError(f"--out={out} already holds a corpus; give an empty or new directory")

@@ -311,15 +311,28 @@ class Corpus:
     if not os.path.exists(path):
       raise FileNotFoundError(f"{self.directory} is not a jamflow corpus: {METADATA_FILE} is missing "
                               "(build one with data_pipelines.synth_corpus or data_pipelines.preprocess)")
-    with open(path) as f:
-      self.metadata = json.load(f)
+    try:
+      with open(path) as f:
+        self.metadata = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise BadShardError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(self.metadata, dict):
+      raise BadShardError(f"{path}: holds a JSON {type(self.metadata).__name__}, not the corpus description")
     if self.metadata.get("format") != FORMAT or self.metadata.get("version") != VERSION:
       raise BadShardError(f"{path}: format {self.metadata.get('format')!r} version "
                           f"{self.metadata.get('version')!r}; this build reads {FORMAT!r} version {VERSION}")
+    # What the loaders read (CorpusWriter writes all of it), so a damaged file fails here, by name.
+    for key, fields in (("audio", ("sample_rate", "hop_length")), ("splits", ()),
+                        ("motion", ("parts", "fps", "rotations", "mean", "std"))):
+      if not isinstance(self.metadata.get(key), dict) or not all(f in self.metadata[key] for f in fields):
+        raise BadShardError(f"{path}: needs a {key!r} object" + (f" with {', '.join(fields)}" if fields else ""))
     motion = self.metadata["motion"]
-    self.spec = MotionSpec.from_json(motion)
-    self.motion_mean = np.asarray(motion["mean"], np.float32)
-    self.motion_std = np.asarray(motion["std"], np.float32)
+    try:
+      self.spec = MotionSpec.from_json(motion)
+      self.motion_mean = np.asarray(motion["mean"], np.float32)
+      self.motion_std = np.asarray(motion["std"], np.float32)
+    except (TypeError, ValueError) as e:
+      raise BadShardError(f"{path}: unreadable 'motion' ({e})") from None
     if self.motion_mean.shape != (self.spec.dim,) or self.motion_std.shape != (self.spec.dim,) \
         or not np.all(self.motion_std > 0) or not np.all(np.isfinite(self.motion_mean)):
       raise BadShardError(f"{path}: motion mean/std must be {self.spec.dim} finite values (std > 0)")

@@ -56,8 +56,60 @@ def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> tuple[int
   return shape
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Raises ConfigError (one line, naming the key) for a config that cannot run."""
+# Every numeric setting that has a sensible range, as an interval ("[" / "]" closed, "(" / ")"
+# open). Checked first: the other checks divide by and compare with these values.
+RANGES = {
+    **dict.fromkeys(("model.mel_dim", "model.motion_dim", "model.audio_width", "model.motion_width", "model.depth",
+                     "model.heads", "model.ff_mult", "model.text_vocab_size", "model.text_dim",
+                     "model.conv_pos_kernel", "model.conv_pos_groups"), "[1, inf)"),
+    "model.head_dim": "[2, inf)", "model.time_freq_dim": "[2, inf)", "model.text_conv_layers": "[0, inf)",
+    "model.rope_theta": "(0, inf)", "model.joint_window_s": "[0, inf]",  # inf: no locality
+    "model.attention_block_q": "[0, inf)", "model.attention_block_k": "[0, inf)",
+    **dict.fromkeys(("data.sample_rate", "data.hop_length", "data.max_mel_frames", "data.num_buckets",
+                     "data.bucket_multiple", "data.sort_window", "data.num_threads", "data.prefetch",
+                     "data.corpus.num_utterances"), "[1, inf)"),
+    **dict.fromkeys(("data.worker_processes", "data.synthetic_num_batches", "data.corpus.seed"), "[0, inf)"),
+    "data.motion_fps": "(0, inf)",
+    "flow.logit_std": "(0, inf)",
+    **dict.fromkeys(("flow.a2m_text_drop", "flow.drop_text", "flow.drop_audio_cond", "flow.drop_motion_cond"),
+                    "[0, 1]"),
+    "flow.audio_loss_weight": "[0, inf)", "flow.motion_loss_weight": "[0, inf)",
+    "optim.learning_rate": "(0, inf)", "optim.warmup_steps": "[0, inf)", "optim.end_lr_ratio": "[0, 1]",
+    "optim.b1": "[0, 1)", "optim.b2": "[0, 1)", "optim.eps": "(0, inf)", "optim.weight_decay": "[0, inf)",
+    "optim.grad_clip": "(0, inf]", "optim.ema_decay": "[0, 1]",
+    "train.num_steps": "[0, inf)", "train.batch_size": "[1, inf)", "train.seed": "[0, inf)",
+    "train.log_every_steps": "[1, inf)", "train.peak_flops_per_device": "[0, inf)",
+    "checkpoint.every_steps": "[1, inf)", "checkpoint.max_to_keep": "[1, inf)",
+    "sample.nfe": "[1, inf)", "sample.sway": "[-1, 1]",  # F5-TTS's range; the time grid stays monotonic
+    **dict.fromkeys(("sample.cfg_text", "sample.cfg_audio", "sample.cfg_motion", "sample.seed", "sample.max_frames",
+                     "sample.overlap_s", "sample.crossfade_s"), "[0, inf)"),
+    "sample.chars_per_second": "(0, inf)", "sample.speed": "(0, inf)", "sample.length_bucket": "[1, inf)",
+    "render.size": "[16, inf)",
+    "eval.num_examples": "[1, inf)", "eval.every_steps": "[0, inf)", "eval.train_examples": "[1, inf)",
+    "eval.seed": "[0, inf)",
+}
+
+
+def _check_range(key: str, value, interval: str) -> None:
+  low, high = interval[1:-1].split(", ")
+  above = float(low) <= value if interval[0] == "[" else float(low) < value  # both False for NaN
+  below = value <= float(high) if interval[-1] == "]" else value < float(high)
+  if not (above and below):
+    bound = f"{'>=' if interval[0] == '[' else '>'} {low}" if interval.endswith("inf)") else f"in {interval}"
+    raise ConfigError(f"{key}={value!r} must be {bound}")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Raises ConfigError (one line, naming the key) for a config that cannot run.
+
+  `num_devices` None skips the checks against the device mesh: main runs the rest for every mode
+  before JAX starts (a multi-process run must not touch the devices before jax.distributed does).
+  """
+  for key, interval in RANGES.items():
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    _check_range(key, value, interval)
   m, d, f = config.model, config.data, config.flow
   if not 0 <= min(m.joint_layers, default=0) or max(m.joint_layers, default=-1) >= m.depth:
     raise ConfigError(f"model.joint_layers {tuple(m.joint_layers)} out of range for model.depth={m.depth}"
@@ -84,16 +136,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(f"model.rope_heads={m.rope_heads} must be in [0, model.heads={m.heads}] (0 = all heads)")
   if m.head_dim % 2:
     raise ConfigError(f"model.head_dim={m.head_dim} must be even (RoPE rotates pairs)")
-  if m.joint_window_s < 0:
-    raise ConfigError(f"model.joint_window_s={m.joint_window_s} must be >= 0")
-  if d.sample_rate <= 0 or d.hop_length <= 0 or d.motion_fps <= 0:
-    raise ConfigError(f"data.sample_rate={d.sample_rate}, data.hop_length={d.hop_length} and "
-                      f"data.motion_fps={d.motion_fps} must all be positive")
   if d.motion_fps > mel_fps(config):
     raise ConfigError(f"inconsistent frame rates: data.motion_fps={d.motion_fps} exceeds the mel frame "
                       f"rate data.sample_rate/data.hop_length={mel_fps(config):g}")
-  if d.max_mel_frames < 1:
-    raise ConfigError(f"data.max_mel_frames={d.max_mel_frames} must be positive")
   unknown = set(f.task_mix) - set(TASKS)
   if unknown or any(w < 0 for w in f.task_mix.values()) or sum(f.task_mix.values()) <= 0:
     raise ConfigError(f"flow.task_mix {dict(f.task_mix)}: tasks are {', '.join(TASKS)} with "
@@ -104,11 +149,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(f"flow.time_sampling={f.time_sampling!r}; choose uniform or logit_normal")
   if config.optim.schedule not in ("linear", "cosine", "constant"):
     raise ConfigError(f"optim.schedule={config.optim.schedule!r}; choose linear, cosine or constant")
-  shape = mesh_shape(config, num_devices)
-  batch_shards = math.prod(s for s, a in zip(shape, config.mesh.axes) if a in ("data", "fsdp"))
-  if config.train.batch_size % batch_shards:
-    raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the "
-                      f"{batch_shards} batch shards of mesh {dict(zip(config.mesh.axes, shape))}")
+  if num_devices is not None:
+    shape = mesh_shape(config, num_devices)
+    batch_shards = math.prod(s for s, a in zip(shape, config.mesh.axes) if a in ("data", "fsdp"))
+    if config.train.batch_size % batch_shards:
+      raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the "
+                        f"{batch_shards} batch shards of mesh {dict(zip(config.mesh.axes, shape))}")
   if d.source not in ("", "tfds", "synthetic"):
     raise ConfigError(f"data.source={d.source!r}; leave it empty (shards at data.path, or the built-in "
                       "corpus), or set tfds or synthetic")
@@ -116,13 +162,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError("data.source=tfds needs data.path, the TFDS data_dir holding data.tfds_name")
   if d.on_bad_record not in ("fail", "skip"):
     raise ConfigError(f"data.on_bad_record={d.on_bad_record!r}; choose fail or skip")
-  for key in ("num_buckets", "bucket_multiple", "sort_window", "num_threads", "prefetch"):
-    if d[key] < 1:
-      raise ConfigError(f"data.{key}={d[key]} must be >= 1")
   _validate_init(config)
-  if d.worker_processes < 0 or d.corpus.num_utterances < 1:
-    raise ConfigError(f"data.worker_processes={d.worker_processes} must be >= 0 and "
-                      f"data.corpus.num_utterances={d.corpus.num_utterances} >= 1")
 
 
 def _validate_init(config: ml_collections.ConfigDict) -> None:

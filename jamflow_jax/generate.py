@@ -21,8 +21,10 @@ Long form: a request longer than the trained length (`sample.max_frames`, defaul
 `data.max_mel_frames`) runs in chunks. Each chunk continues the previous one: its first
 `sample.overlap_s` seconds are the previous chunk's last frames, given as condition (and, for text,
 the words the speaking rate puts in them), so the model picks up voice, prosody and motion where
-they stopped. Chunks start on frames shared by both clocks (15 mel frames = 4 motion frames), and
-the whole mel is vocoded at once, so there is no waveform seam.
+they stopped. Chunks start on frames shared by both clocks (15 mel frames = 4 motion frames). The
+joined mel is vocoded as one signal: past the vocoder's window (`audio.vocoder.WINDOW_FRAMES`) in
+windows that overlap by its receptive field, which give the whole-signal waveform without a seam
+and in bounded memory; the whole float wav is kept (Result.wav, ~58 MB for 10 minutes).
 
 Motion files written here (`Result.save`): `motion` float32 [T, D] FLAME parameters at 25 fps in
 the layout of `jamflow_jax.motion.spec` (`expression[50] | jaw[3] | neck[3] | global_rot[3] |
@@ -117,7 +119,11 @@ class Pipeline:
     self.tokenizer = text_lib.tokenizer(config)
     if vocoder is None:
       from jamflow_jax.audio.vocoder import load_vocoder
-      vocoder = load_vocoder(config.sample.vocoder)
+      try:
+        vocoder = load_vocoder(config.sample.vocoder)
+      except ValueError as e:  # missing, unsafe (refused unread) or not a Vocos checkpoint; names the file
+        raise config_lib.ConfigError(f"sample.vocoder={config.sample.vocoder!r}: "
+                                     + "; ".join(line.strip() for line in str(e).splitlines())) from None
     self.vocoder = vocoder
     self.spec = MotionSpec(fps=config.data.motion_fps)
     dim = config.model.motion_dim
@@ -169,7 +175,10 @@ class Pipeline:
     if isinstance(audio, (str, os.PathLike)):
       if not os.path.exists(audio):
         raise InputError(f"{name}: {audio} does not exist")
-      wav, sr = wav_lib.load_wav(audio)
+      try:
+        wav, sr = wav_lib.load_wav(audio)
+      except ValueError as e:  # empty, or not audio; the message starts with the file
+        raise InputError(f"{name} {e}") from None
       where = f"{name} {os.fspath(audio)}"
     else:
       wav, sr = audio
@@ -182,6 +191,8 @@ class Pipeline:
       wav = wav_lib.resample(wav, sr, rate)
     if wav.ndim != 1 or wav.shape[0] <= mel_lib.N_FFT:
       raise InputError(f"{where}: need mono audio longer than {mel_lib.N_FFT} samples, got shape {wav.shape}")
+    if not np.all(np.isfinite(wav)):  # float wavs can hold them; the outputs would be all NaN
+      raise InputError(f"{where}: has NaN or infinite samples")
     return wav
 
   def load_motion(self, motion, *, name: str = "motion") -> np.ndarray:
@@ -571,16 +582,53 @@ _PATH_KEYS = ("audio", "motion", "prompt_audio", "prompt_motion")
 _OPTION_KEYS = tuple(f.name for f in dataclasses.fields(SamplerOptions))
 
 
-def run_job(pipe: Pipeline, job: dict, *, where: str = "job", base_dir: str = "") -> Result:
-  """Runs one job {task, name?, seed?, <task's keys>, <sampler options>}; paths relative to base_dir."""
+def _number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_from(low: int):
+  return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _file_name(value) -> bool:
+  """A plain file name: NAME.wav etc. land in the output directory, never outside it."""
+  return isinstance(value, str) and value not in ("", ".", "..") and not set(value) & {"/", "\\", "\0"}
+
+
+# Every job key (but task) -> (test of its value, what the value must be).
+_JOB_VALUES = {
+    **dict.fromkeys(("text", "prompt_text", "solver", *_PATH_KEYS), (lambda v: isinstance(v, str), "a string")),
+    "name": (_file_name, "a plain file name (no directory part)"),
+    "seed": (_int_from(0), "an integer >= 0"), "nfe": (_int_from(1), "an integer >= 1"),
+    **dict.fromkeys(("duration", "speed"), (lambda v: _number(v) and v > 0, "a positive number")),
+    **dict.fromkeys(("sway", "cfg_text", "cfg_audio", "cfg_motion"), (_number, "a number")),
+    "span": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_number, v)),
+             "[START, END] in seconds"),
+    "regenerate": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
+                   "a list of audio and/or motion"),
+    **dict.fromkeys(("with_motion", "resample"), (lambda v: isinstance(v, bool), "true or false")),
+}
+
+
+def check_job(job: dict, *, where: str = "job") -> None:
+  """Raises InputError naming the job (`where`) and the key for a job that cannot run as written."""
   task = job.get("task")
   if task not in TASKS:
     raise InputError(f"{where}: task={task!r}; choose one of {', '.join(TASKS)}")
-  method, keys = TASKS[task]
+  keys = TASKS[task][1]
   unknown = set(job) - set(keys) - set(_OPTION_KEYS) - {"task", "name", "seed"}
   if unknown:
     raise InputError(f"{where}: keys {sorted(unknown)} mean nothing to task {task}; it takes "
                      f"{', '.join(sorted(keys))}, name, seed and {', '.join(_OPTION_KEYS)}")
+  for key, value in job.items():
+    if key != "task" and value is not None and not _JOB_VALUES[key][0](value):
+      raise InputError(f"{where}: {key}={value!r} must be {_JOB_VALUES[key][1]}")
+
+
+def run_job(pipe: Pipeline, job: dict, *, where: str = "job", base_dir: str = "") -> Result:
+  """Runs one job {task, name?, seed?, <task's keys>, <sampler options>}; paths relative to base_dir."""
+  check_job(job, where=where)
+  method, keys = TASKS[job["task"]]
   kwargs = {keys[k]: v for k, v in job.items() if k in keys and v is not None}
   for k in _PATH_KEYS:
     if k in keys and job.get(k) is not None:

@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from data_pipelines.shards import BadRecordError
 from jamflow_jax import config as config_lib
-from jamflow_jax import generate, paths
+from jamflow_jax import checkpoint, generate, paths, run_lock, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py[:PRESET]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, TensorBoard logs and config.json go")
@@ -99,14 +99,18 @@ def distributed_settings() -> dict | None:
 
 
 class _QuietOrbax:
-  """Keeps Orbax's per-save INFO chatter off the console; its warnings still show."""
+  """Keeps Orbax's per-save INFO chatter off the console, and its ERROR reports of a failed save or
+  restore: every background writer reports the same failure with a traceback (and asyncio those of
+  its tasks), while the Checkpointer raises it once, as one line. Orbax's warnings still show."""
 
   def filter(self, record) -> bool:
-    return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+    if "/orbax/" in record.pathname:
+      return record.levelno == pylogging.WARNING
+    return not (record.name == "asyncio" and "/orbax/" in record.getMessage())
 
 
 def main(argv):
-  logging.get_absl_logger().addFilter(_QuietOrbax())
+  logging.get_absl_handler().addFilter(_QuietOrbax())  # Orbax's records and asyncio's both pass it
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value
@@ -122,7 +126,6 @@ def main(argv):
   logging.info("process %d of %d, %d of %d devices", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
   if _MODE.value == "train":
-    from jamflow_jax import train
     train.train(config, _WORKDIR.value)
   elif _MODE.value == "sample":
     sample(config, _WORKDIR.value)
@@ -135,13 +138,16 @@ def _flag_job() -> dict:
   if _TASK.value is None:
     raise app.UsageError("--mode=sample needs --task (or --jobs=FILE)")
   span = _SPAN.value
-  if span is not None and len(span) != 2:
-    raise app.UsageError(f"--span={','.join(span)}: give START,END in seconds")
+  if span is not None:
+    try:
+      start, end = (float(x) for x in span)
+    except ValueError:  # not two numbers
+      raise app.UsageError(f"--span={','.join(span)}: give START,END in seconds") from None
+    span = (start, end)
   job = {"task": _TASK.value, "name": _NAME.value, "seed": _SEED.value, "text": _TEXT.value,
          "audio": _AUDIO.value, "motion": _MOTION.value, "prompt_audio": _PROMPT_AUDIO.value,
          "prompt_text": _PROMPT_TEXT.value, "prompt_motion": _PROMPT_MOTION.value,
-         "duration": _DURATION.value, "speed": _SPEED.value,
-         "span": None if span is None else tuple(float(x) for x in span),
+         "duration": _DURATION.value, "speed": _SPEED.value, "span": span,
          "regenerate": tuple(_REGENERATE.value), "with_motion": _WITH_MOTION.value, "resample": _RESAMPLE.value}
   keys = set(generate.TASKS[job["task"]][1]) | {"task", "name", "seed"}
   given = {k for k, v in job.items() if v is not None}
@@ -161,18 +167,21 @@ def sample(config, workdir: str) -> None:
   from tqdm import tqdm
 
   jobs = generate.read_jobs(_JOBS.value) if _JOBS.value else [_flag_job()]
+  wheres = [f"{_JOBS.value} job {i}" if _JOBS.value else f"--task={job['task']}" for i, job in enumerate(jobs)]
+  for job, where in zip(jobs, wheres):  # all of them before the model loads: a bad last job fails now
+    generate.check_job(job, where=where)
   base_dir = os.path.dirname(os.path.abspath(_JOBS.value)) if _JOBS.value else ""
   out_dir = _OUT.value or paths.workdir_path(workdir) / "samples"  # local or a URL
   pipe = generate.Pipeline.from_workdir(workdir, config, step=_STEP.value)
   face = None
   if config.sample.video:
     from jamflow_jax.motion import flame
-    face = flame.load_face(config.render.face_model)
+    face = flame.load_configured_face(config)
   writes = jax.process_index() == 0
   if not writes:
     logging.info("process %d generates alongside process 0, which writes the samples", jax.process_index())
-  for i, job in enumerate(tqdm(jobs, desc="samples", unit="sample", disable=len(jobs) == 1 or not writes)):
-    where = f"{_JOBS.value} job {i}" if _JOBS.value else f"--task={job['task']}"
+  for i, (job, where) in enumerate(tqdm(list(zip(jobs, wheres)), desc="samples", unit="sample",
+                                        disable=len(jobs) == 1 or not writes)):
     result = generate.run_job(pipe, job, where=where, base_dir=base_dir)
     name = job.get("name") or f"{job['task']}-seed{result.info['seed']}" + (f"-{i}" if len(jobs) > 1 else "")
     if writes:
@@ -180,10 +189,17 @@ def sample(config, workdir: str) -> None:
       logging.info("%s -> %s", where, ", ".join(sorted(written.values())))
 
 
+class FlagError(Exception):
+  """A command line that cannot run; the message names the flag."""
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, except that a ConfigError raised while loading the config stays itself."""
+  """absl flag parsing with one-line errors, then the config checks that need no devices (all modes).
+
+  A ConfigError raised while loading the config stays itself; any other bad flag is a FlagError.
+  """
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except flags.Error as e:
     # config_flags re-raises the config file's exception wrapped with its traceback; the innermost
     # ConfigError carries the one-line message.
@@ -191,21 +207,57 @@ def _parse_flags(argv: list[str]) -> list[str]:
     while cause is not None:
       root = cause if isinstance(cause, config_lib.ConfigError) else root
       cause = cause.__cause__ or cause.__context__
-    if root is None:
+    if root is not None:
+      raise root from None
+    raise FlagError(" ".join(str(e).removeprefix("flag ").split())) from None
+  except (AttributeError, KeyError) as e:
+    # config_flags resolves --config.a.b overrides with getattr and names only the missing field.
+    missing = str(e).strip("'\"")
+    override = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.")
+                     and missing in a.split("=", 1)[0].split(".")[1:]), None)
+    if override is None:  # not an override: an error inside the config file
       raise
-    raise root from None
+    raise FlagError(f"{override}: the config has no field {override.removeprefix('--config.')}") from None
+  except OSError as e:  # the --config file did not load, and an override touched it
+    raise _config_file_error(e) from None
+  for flag in (_CONFIG, _WORKDIR):
+    if flag.value is None:
+      raise FlagError(f"--{flag.name} is required: {flags.FLAGS[flag.name].help}")
+  try:
+    config_lib.validate(_CONFIG.value)
+  except OSError as e:  # config_flags defers a failed load of the --config file to the first access
+    raise _config_file_error(e) from None
+  return rest
+
+
+def _config_file_error(error: OSError) -> FlagError:
+  # config_flags' error wraps the load's, whose last line says why (e.g. "[Errno 2] No such file ...").
+  return FlagError(f"--config: {str(error.__cause__ or error).strip().splitlines()[-1].strip()}")
 
 
 def run() -> None:
-  flags.mark_flags_as_required(["config", "workdir"])
+  def one_line_usage(argv):  # absl answers a UsageError with the whole usage text; one line says it
+    try:
+      return main(argv)
+    except app.UsageError as e:
+      raise FlagError(str(e)) from None
+
   try:
-    app.run(main, flags_parser=_parse_flags)
+    app.run(one_line_usage, flags_parser=_parse_flags)
+  except FlagError as e:
+    sys.exit(f"flag error: {e}")
   except config_lib.ConfigError as e:
     sys.exit(f"config error: {e}")
   except BadRecordError as e:  # names the file and the record; see data.on_bad_record
     sys.exit(f"data error: {e}")
   except generate.InputError as e:  # a sampling input the model cannot take; names the input
     sys.exit(f"input error: {e}")
+  except checkpoint.CheckpointError as e:  # damaged, or not saved; names the step and file
+    sys.exit(f"checkpoint error: {e}")
+  except run_lock.WorkdirInUseError as e:
+    sys.exit(f"workdir error: {e}")
+  except train.NonFiniteError as e:
+    sys.exit(f"training stopped: {e}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ Orbax, optax and the shardings all handle directly.
 
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Iterator
 
@@ -21,7 +23,7 @@ from flax import nnx, struct
 
 from jamflow_jax import checkpoint as checkpoint_lib
 from jamflow_jax import config as config_lib
-from jamflow_jax import paths
+from jamflow_jax import paths, run_lock
 from jamflow_jax import flops, flow, metrics as metrics_lib, model as model_lib, sharding
 from jamflow_jax.model import attention, f5tts
 
@@ -108,6 +110,10 @@ class Trainer:
     decay = jnp.minimum(self.config.optim.ema_decay, (1.0 + state.step) / (10.0 + state.step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     metrics.update(grad_norm=optax.tree.norm(grads), lr=self.schedule(state.step))
+    if self.config.train.skip_nonfinite:  # a NaN/inf step leaves the weights and moments as they were
+      finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+      params, ema, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, ema, opt_state),
+                                            (state.params, state.ema_params, state.opt_state))
     return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
 
   def init(self, seed: int) -> TrainState:
@@ -160,17 +166,73 @@ def make_source(config: ml_collections.ConfigDict, rows: np.ndarray | None = Non
   return pipeline.make_iterator(source, motion, config, rows=rows)
 
 
+class NonFiniteError(Exception):
+  """A training step whose loss or gradient norm is NaN or inf; the message names the step."""
+
+
+class Preemption:
+  """Whether to stop at this step boundary: SIGTERM (Cloud TPU maintenance, a spot VM reclaimed,
+  SLURM's time limit) seen at the same step by every process.
+
+  One process: a SIGTERM handler raises a flag. Several: the distributed runtime's preemption sync
+  manager, which installs its own SIGTERM handler and agrees on the first step every process reaches
+  after any of them was signalled (multihost_utils.reached_preemption_sync_point)."""
+
+  def __init__(self):
+    self.signalled = False
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._notice)
+
+  def _notice(self, signum, frame) -> None:
+    self.signalled = True
+    logging.warning("SIGTERM: saving a checkpoint after this step, then stopping")
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.signalled
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(steps: list[tuple[int, Any, Any]], skip: bool, ckpt) -> int:
+  """Raises NonFiniteError at the first of `steps` ((step, loss, gradient norm)) with a NaN/inf loss or
+  gradient norm (with train.skip_nonfinite: logs them instead, their updates were skipped); returns
+  how many there were."""
+  bad = [(step, loss, g) for step, loss, g in jax.device_get(steps) if not (np.isfinite(loss) and np.isfinite(g))]
+  if not bad:
+    return 0
+  step, loss, g = bad[0]
+  if skip:
+    logging.warning("step %d: loss %s, gradient norm %s: update skipped (%d such step(s) in this interval)",
+                    step, loss, g, len(bad))
+    return len(bad)
+  last = ckpt.latest_step()
+  raise NonFiniteError(
+      f"step {step}: loss {loss}, gradient norm {g}; stopped before saving it "
+      + (f"(the last checkpoint, step {last}, is intact)" if last is not None else "(no checkpoint saved)")
+      + "; lower optim.learning_rate or set train.skip_nonfinite=True")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
           source: Iterator[dict[str, np.ndarray]] | None = None) -> dict[int, float]:
-  """Trains to `train.num_steps`, resuming from DIR/checkpoints if present.
+  """Trains to `train.num_steps`, resuming from DIR/checkpoints if present (one run per workdir: a
+  second is refused, run_lock). SIGTERM saves a checkpoint at the next step boundary and returns.
 
   Returns {step: loss} for the steps run in this call (host floats, fetched at logging time).
   """
   config_lib.validate(config, jax.device_count())
   directory = paths.workdir_path(workdir)  # local or gs://...: through etils.epath
   directory.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
+  with run_lock.RunLock(workdir, "training"):
+    return _train(config, workdir, directory, source)
+
+
+def _train(config, workdir, directory, source) -> dict[int, float]:
   mesh = sharding.make_mesh(config)
   logging.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].device_kind)
   trainer = Trainer(config, mesh)
@@ -179,8 +241,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     logging.info("process %d loads rows %s of each global batch of %d", jax.process_index(),
                  _ranges(rows), config.train.batch_size)
   source = make_source(config, rows) if source is None else source
-  if jax.process_index() == 0 and hasattr(source, "motion"):  # for un-normalising generated motion
-    (directory / "motion_stats.json").write_text(json.dumps(source.motion))
   ckpt = checkpoint_lib.Checkpointer(workdir, config)
   restored = ckpt.restore(trainer.abstract_state)
   if restored is not None:
@@ -192,6 +252,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     state = trainer.init(config.train.seed)
     if config.train.init_from:
       state = init_from_f5(trainer, state)
+  # Only now that the checkpoint has been accepted: a refused resume leaves the workdir as it was.
+  if jax.process_index() == 0:
+    (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
+    if hasattr(source, "motion"):  # for un-normalising generated motion
+      (directory / "motion_stats.json").write_text(json.dumps(source.motion))
 
   evaluator = None
   if config.eval.every_steps and config.data.source != "synthetic":  # every process takes part
@@ -199,10 +264,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     evaluator = TrainingEvaluator(config, getattr(source, "motion", None))
   first = int(state.step)
   num_steps = int(config.train.num_steps)
+  skip_nonfinite = bool(config.train.skip_nonfinite)
   logger = metrics_lib.MetricsLogger(workdir, num_steps, first)
+  preemption = Preemption()
   peak = flops.peak_flops_per_device(config) * jax.device_count()
-  history, pending, losses = {}, [], []
-  t_last, n_last, valid_frames, interval_flops = None, first, 0.0, 0.0
+  history, pending, losses, unchecked = {}, [], [], []
+  t_last, n_last, valid_frames, interval_flops, skipped = None, first, 0.0, 0.0, 0
   try:
     for step in range(first + 1, num_steps + 1):
       host_batch = next(source)
@@ -214,16 +281,25 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       state, step_metrics = trainer.step(state, trainer.global_batch(host_batch))
       pending.append(step_metrics)
       losses.append((step, step_metrics["loss"]))
+      unchecked.append((step, step_metrics["loss"], step_metrics["grad_norm"]))
       logger.advance()
-      if ckpt.save(step, state, source.get_state() if hasattr(source, "get_state") else None,
-                   force=step == num_steps):
-        logging.info("checkpoint at step %d", step)
-      if evaluator is not None and step % config.eval.every_steps == 0:
+      ckpt.committed()  # logs "checkpoint at step N" once a save is on disk; raises if it failed
+      preempted = preemption.reached(step)
+      last = preempted or step == num_steps
+      saving = last or step % ckpt.every_steps == 0
+      if saving or step % config.train.log_every_steps == 0:  # before any checkpoint: no NaN is saved
+        skipped += _check_finite(unchecked, skip_nonfinite, ckpt)
+        unchecked = []
+      if saving:
+        ckpt.save(step, state, source.get_state() if hasattr(source, "get_state") else None, force=True)
+      if evaluator is not None and step % config.eval.every_steps == 0 and not preempted:
         results = evaluator(state.ema_params, step, logger.writer)
         if config.train.metrics_file:
           _append_metrics(config.train.metrics_file, {"step": step, "eval": results})
-      if step % config.train.log_every_steps == 0 or step == num_steps:
+      if step % config.train.log_every_steps == 0 or last:
         scalars = metrics_lib.reduce_interval(pending)
+        if skip_nonfinite:
+          scalars["skipped_steps"] = skipped
         history.update((s, float(v)) for s, v in jax.device_get(losses))
         now = time.perf_counter()
         if t_last is not None:  # the first interval includes compilation: no throughput for it
@@ -237,10 +313,18 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           _append_metrics(config.train.metrics_file,
                           {"step": step, "losses": {s: history[s] for s, _ in losses}, "scalars": scalars})
         pending, losses, t_last, n_last, valid_frames, interval_flops = [], [], now, step, 0.0, 0.0
+      if preempted:
+        ckpt.wait()
+        logging.warning("stopped by SIGTERM at step %d, its checkpoint saved; re-run the same command to resume",
+                        step)
+        break
   finally:  # whatever stops the loop, the checkpoints already started are completed
-    ckpt.wait()
-    ckpt.close()
-    logger.close()
+    preemption.close()
+    try:
+      ckpt.wait()
+    finally:
+      ckpt.close()
+      logger.close()
   return history
 
 

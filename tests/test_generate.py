@@ -1,6 +1,7 @@
 """Every generation task on the tiny preset, long form, the job runner, main --mode=sample and bad inputs."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 
 from jamflow_jax import generate
 from jamflow_jax.audio import mel as mel_lib
+from jamflow_jax.audio import vocoder as vocoder_lib
 from jamflow_jax.audio import wav as wav_lib
 from jamflow_jax.generate import InputError
 
@@ -111,6 +113,25 @@ def test_long_form_text_runs_in_chunks_that_join(pipe, monkeypatch):
     np.testing.assert_allclose(mot[:m_p - m_f] * pipe.motion_std + pipe.motion_mean,
                                out.motion[m_start - m_p:m_start - m_f], rtol=1e-5, atol=1e-5)
   assert out.motion.shape == (pipe.motion_frames(out.mel.shape[0]), 61)
+
+
+def test_long_form_vocodes_in_windows_of_one_program(pipe, monkeypatch, caplog, tmp_path):
+  # 64-frame windows (14 context frames a side at 4 Griffin-Lim iterations) make these few
+  # seconds long for the vocoder, as 44 s and more are for the default window.
+  monkeypatch.setattr(pipe, "vocoder", vocoder_lib.load_vocoder("griffin_lim", num_iters=4, window=64))
+  caplog.set_level(logging.INFO, logger="absl")
+  out = pipe.text_to_speech("one two three. four five six. seven eight nine ten.", **FAST)
+  ta = out.mel.shape[0]
+  windows = len(vocoder_lib.window_plan(ta, 64, pipe.vocoder.context))
+  assert len(out.info["chunks"]) >= 5 and windows >= 5
+  assert out.wav.shape == (ta * 256,) and out.wav.dtype == np.float32 and np.isfinite(out.wav).all()
+  assert np.abs(out.wav).max() > 0 and out.motion.shape == (pipe.motion_frames(ta), 61)
+  assert f"vocoding window {windows} of {windows}: frames" in caplog.text
+  other = pipe.text_to_speech("a shorter one, too.", **FAST)
+  assert ta > other.mel.shape[0] > 64 and other.wav.shape == (other.mel.shape[0] * 256,)
+  assert pipe.vocoder._fn._cache_size() == 1  # every window of both, the last ones included
+  wav, sr = wav_lib.load_wav(out.save(tmp_path, "long")["wav"])
+  assert sr == 24000 and wav.shape == (ta * 256,)
 
 
 def test_audio_to_motion_short_and_long(pipe, tmp_path):

@@ -7,6 +7,10 @@ Two steps, both jit-able with static shapes:
 
 `stft` is exactly mel.py's (periodic Hann 1024, hop 256, centred reflect padding), and `istft` is
 its weighted overlap-add inverse; the Vocos head reuses `istft` with its own trimming.
+
+Every step is local in time (step 1 is per frame; one istft + stft reaches 3 frames either side),
+so a window of a long mel with `context_frames(num_iters)` extra frames each side gives the
+whole-signal output in its interior (see jamflow_jax.audio.vocoder).
 """
 
 import functools
@@ -18,6 +22,7 @@ import numpy as np
 from jamflow_jax.audio import mel
 
 N_FFT, HOP = mel.N_FFT, mel.HOP_LENGTH
+NUM_ITERS = 64  # griffin_lim's default number of phase iterations
 
 # Full float32 matmuls on every backend (TPU / GPU defaults round the inputs to bf16 / tf32).
 _matmul = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
@@ -106,15 +111,28 @@ def mel_to_linear(log_mel: jax.Array, *, num_iters: int = 100) -> jax.Array:
   return x
 
 
-def griffin_lim(log_mel: jax.Array, *, num_iters: int = 64, momentum: float = 0.99, seed: int = 0,
-                nnls_iters: int = 100) -> jax.Array:
+def context_frames(num_iters: int = NUM_ITERS) -> int:
+  """Frames either side that output frame t of `griffin_lim` depends on: t's 256 samples.
+
+  One iteration's istft puts frames h - 1 .. h + 2 into hop block h of the centred signal, and its
+  stft frame t reads blocks t - 2 .. t + 1, so each iteration reaches 3 frames further; the final
+  istft adds 2. Within that distance of a window's edge the window's own boundary (reflect
+  padding, the envelope's ramp) leaks in; beyond it the output is the whole signal's.
+  """
+  return 3 * num_iters + 2
+
+
+def griffin_lim(log_mel: jax.Array, *, num_iters: int = NUM_ITERS, momentum: float = 0.99, seed: int = 0,
+                nnls_iters: int = 100, first_frame: int | jax.Array = 0) -> jax.Array:
   """log mel [T, 100] or [B, T, 100] -> float32 wav [T * 256] or [B, T * 256].
 
   Inside the loop the signal has the (T - 1) * 256 samples of a centred inverse (torch.istft's
   length), whose STFT has T frames again. The returned signal keeps 256 more samples of the same
   overlap-add (the last frame reaches that far), so it is T * 256 long like the Vocos output and
-  covers every length N with 1 + N // 256 = T. The initial phase is uniform random from `seed`:
-  the same seed gives the same output. num_iters = 0 returns the random-phase signal.
+  covers every length N with 1 + N // 256 = T. The initial phase is uniform random from `seed`
+  and each frame's index in the whole mel (`first_frame`: the index of log_mel's first frame, a
+  traced int32 is fine), so a window of a long mel starts from the phase the whole mel would have
+  there; the same seed gives the same output. num_iters = 0 returns the random-phase signal.
   """
   log_mel = jnp.asarray(log_mel, jnp.float32)
   if log_mel.ndim not in (2, 3) or log_mel.shape[-1] != mel.N_MELS or log_mel.shape[-2] < 2:
@@ -122,8 +140,12 @@ def griffin_lim(log_mel: jax.Array, *, num_iters: int = 64, momentum: float = 0.
                      f"got {tuple(log_mel.shape)}")
   frames = log_mel.shape[-2]
   magnitude = mel_to_linear(log_mel, num_iters=nnls_iters)
-  phase = jax.random.uniform(jax.random.PRNGKey(seed), magnitude.shape, jnp.float32, 0.0, 2 * np.pi)
-  angles = jnp.exp(1j * phase).astype(jnp.complex64)
+  key = jax.random.PRNGKey(seed)
+  lead = magnitude.shape[:-2]
+  # One key per frame index: phase [T, *lead, 513], then frames back to axis -2.
+  phase = jax.vmap(lambda index: jax.random.uniform(jax.random.fold_in(key, index), (*lead, magnitude.shape[-1]),
+                                                    jnp.float32, 0.0, 2 * np.pi))(first_frame + jnp.arange(frames))
+  angles = jnp.exp(1j * jnp.moveaxis(phase, 0, -2)).astype(jnp.complex64)
   inner = (frames - 1) * HOP
   # Perraudin's extrapolation in librosa's form: the new estimate minus momentum / (1 + momentum)
   # times the previous one, projected back onto unit phase.

@@ -72,6 +72,17 @@ class Vocos(nnx.Module):
     self.final_layer_norm = _layer_norm(dim, rngs)
     self.out = _linear(dim, N_FFT + 2, rngs)  # the head: log-magnitude and phase of 513 bins
 
+  @property
+  def context_frames(self) -> int:
+    """Frames either side that output frame t (its 256 samples) depends on.
+
+    The embedding and each block's depthwise conv (kernel 7) reach 3 frames; LayerNorm, the
+    Linears and the head are per frame; in the "same"-trimmed ISTFT, frames t - 2 .. t + 2 overlap
+    t's samples. Beyond this distance from a window's edge (where the convs see zero padding) a
+    window's output is the whole signal's.
+    """
+    return 3 * (1 + self.config["num_layers"]) + 2
+
   def __call__(self, log_mel: jax.Array) -> jax.Array:
     x = self.norm(self.embed(log_mel.astype(jnp.float32)))
     for block in self.convnext:

@@ -207,7 +207,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = N
   pipe = Pipeline.from_workdir(workdir, config, step=step)
   step = pipe.step
   records = validation_records(config, config.eval.num_examples)
-  face = flame.load_face(config.render.face_model)
+  face = flame.load_configured_face(config)
   writes = jax.process_index() == 0
   if not writes:
     logging.info("process %d evaluates alongside process 0, which writes the report", jax.process_index())
@@ -248,7 +248,7 @@ class TrainingEvaluator:
   def __init__(self, config: ml_collections.ConfigDict, motion: dict | None):
     self.config = config
     self.records = validation_records(config, config.eval.train_examples)
-    self.face = flame.load_face(config.render.face_model)
+    self.face = flame.load_configured_face(config)
     self.motion = motion
     self.pipe = None
 

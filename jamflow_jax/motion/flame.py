@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jamflow_jax.config import ConfigError
 from jamflow_jax.motion import rotations, spec as spec_lib
 
 JOINTS = ("global", "neck", "jaw", "eye_l", "eye_r")
@@ -276,7 +277,12 @@ def _as_array(value, where: str, depth: int = 0) -> np.ndarray:
 
 def _read_pickle(path: str) -> dict:
   with open(path, "rb") as f:
-    content = _RestrictedUnpickler(f, path).load()
+    try:
+      content = _RestrictedUnpickler(f, path).load()
+    except UnsafePickleError:
+      raise
+    except Exception as e:  # bytes that are no pickle fail anywhere inside the unpickler (EOF, bad opcode...)
+      raise ValueError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from e
   if not isinstance(content, dict):
     raise ValueError(f"{path}: expected a dict of FLAME arrays, the pickle holds a {type(content).__name__}")
   return {str(k): v for k, v in content.items()}
@@ -389,3 +395,11 @@ def load_face(path: str | os.PathLike = "") -> FlameModel:
     return load_flame_model(path)
   from jamflow_jax.motion import standin  # it builds its mesh with this module
   return standin.make_standin()
+
+
+def load_configured_face(config) -> FlameModel:
+  """`load_face(config.render.face_model)`; a file it cannot read is a ConfigError naming the key."""
+  try:
+    return load_face(config.render.face_model)
+  except (OSError, ValueError, pickle.UnpicklingError) as e:  # unsafe pickles are refused, never run
+    raise ConfigError(f"render.face_model={config.render.face_model!r}: {e}") from None

@@ -13,6 +13,7 @@ Videos go through the ffmpeg binary that `imageio_ffmpeg` ships (H.264 / yuv420p
 
 import math
 import os
+import pickle
 import subprocess
 import tempfile
 
@@ -210,10 +211,14 @@ def main(argv) -> None:
   f = flags.FLAGS
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
-  motion, _ = trackers.load_motion(f.motion, default_fps=MOTION_SPEC.fps)
-  wav, rate = (None, 24000) if not f.audio else wav_lib.load_wav(f.audio)
+  try:
+    motion, _ = trackers.load_motion(f.motion, default_fps=MOTION_SPEC.fps)
+    wav, rate = (None, 24000) if not f.audio else wav_lib.load_wav(f.audio)
+    face = flame.load_face(f.face_model)
+  except (OSError, ValueError, pickle.UnpicklingError) as e:  # names the file; unsafe pickles are never run
+    raise SystemExit(f"input error: {e}") from None
   out = f.out or os.path.splitext(f.motion)[0] + ".mp4"
-  write_face_video(out, flame.load_face(f.face_model), motion, wav=wav, sample_rate=rate, size=f.size)
+  write_face_video(out, face, motion, wav=wav, sample_rate=rate, size=f.size)
   print(out)
   if f.plot:
     plot_motion(os.path.splitext(out)[0] + ".png", motion, wav=wav, sample_rate=rate)
