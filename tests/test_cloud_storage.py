@@ -30,14 +30,19 @@ def gcs(tmp_path_factory):
   try:
     assert server.stdout.readline().strip() == "ready"
     url = f"http://127.0.0.1:{port}"
+    # gcsfs' experimental bucket-layout lookup is a gRPC call to Google itself (no network here: it
+    # waits for its timeouts); the emulator is a plain bucket.
     env = dict(os.environ, STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url, GOOGLE_CLOUD_PROJECT="test",
+               GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
                JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
                JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")))
     os.environ["STORAGE_EMULATOR_HOST"] = url  # for this process's gcsfs
+    os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
     import gcsfs
     yield env, gcsfs.GCSFileSystem(project="test", token="anon", skip_instance_cache=True)
   finally:
     os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    os.environ.pop("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", None)
     server.kill()
     server.wait()
 
