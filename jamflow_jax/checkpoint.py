@@ -131,11 +131,10 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, data_state: dict | None, *, force: bool = False) -> bool:
-    """Starts saving when `step` is a multiple of checkpoint.every_steps (or `force`); returns whether
-    it did. `committed()` says when it is on disk; a failed save raises CheckpointError there."""
-    if not force and step % self.every_steps:
-      return False
+  def save(self, step: int, state: Any, data_state: dict | None) -> bool:
+    """Starts saving `step` (the loop decides when: every checkpoint.every_steps, the last step, a
+    preemption); returns whether Orbax started it. `committed()` says when it is on disk; a failed
+    save raises CheckpointError there."""
     self.committed(wait=True)  # the previous save first: its failure must not pass unnoticed
     leaves, nonfinite = fingerprint(state)
     if nonfinite:

@@ -291,7 +291,7 @@ def _train(config, workdir, directory, source) -> dict[int, float]:
         skipped += _check_finite(unchecked, skip_nonfinite, ckpt)
         unchecked = []
       if saving:
-        ckpt.save(step, state, source.get_state() if hasattr(source, "get_state") else None, force=True)
+        ckpt.save(step, state, source.get_state() if hasattr(source, "get_state") else None)
       if evaluator is not None and step % config.eval.every_steps == 0 and not preempted:
         results = evaluator(state.ema_params, step, logger.writer)
         if config.train.metrics_file:

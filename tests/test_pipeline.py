@@ -102,7 +102,7 @@ def test_resume_through_the_checkpoint_manager_replays_the_same_batches(corpus, 
     next(iterator)
   ckpt = checkpoint_lib.Checkpointer(tmp_path, config)
   state = {"w": jax.numpy.arange(3.0)}
-  ckpt.save(4, state, iterator.get_state(), force=True)
+  ckpt.save(4, state, iterator.get_state())
   ckpt.wait()
   expected = [next(iterator) for _ in range(6)]  # crosses into the second epoch (4 batches per epoch)
   restored_state, data_state = ckpt.restore(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
