@@ -1,6 +1,6 @@
 """Train-step benchmark: parameters, compiled memory per device, step time, examples/s and MFU.
 
-  python benchmarks/train_step.py --presets=tiny,demo [--steps=20] [--compile_only] [--set=model.remat=True]
+  python benchmarks/train_step.py --presets=tiny,demo [--steps=20] [--compile_only] [--set=model.remat_policy=full]
   JAX_PLATFORMS=cpu python benchmarks/train_step.py --presets=base --topology=v5p:2x2x2  # needs jax[tpu]
 
 One row per preset, on whatever backend JAX finds (CPU, GPU, TPU), with the whole mesh over all

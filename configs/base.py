@@ -6,6 +6,7 @@ Presets:
                  joint attention in every other layer (~0.5B parameters in all).
   demo           small enough to learn audio-driven lip motion on 2 CPU cores in minutes.
   tiny           for tests: compiles in seconds.
+  1b, 3b, 7b     JAM-Flow scaled up (1.23B, 3.22B, 7.31B parameters): see _scaled
   f5             base whose Audio-DiT is exactly F5TTS_v1_Base (RoPE on all heads, text padding masked,
                  no qk-norm, F5's 2545-token vocab), to start from its checkpoint:
                  --config.model.text_vocab=/path/vocab.txt (required) --config.train.init_from=/path/model.safetensors
@@ -18,7 +19,7 @@ from ml_collections import config_dict
 
 from jamflow_jax.config import ConfigError
 
-PRESETS = ("base", "demo", "tiny", "f5")
+PRESETS = ("base", "demo", "tiny", "f5", "1b", "3b", "7b")
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -52,7 +53,10 @@ def _base() -> ml_collections.ConfigDict:
   m.attention_block_q = 0            # pallas query / key block sizes; 0 = the backend's default
   m.attention_block_k = 0
   m.dtype = "bfloat16"               # compute dtype; parameters stay float32
-  m.remat = True                     # rematerialise each layer in the backward pass
+  m.scan_layers = True               # layers under one jax.lax.scan over the repeating joint pattern (fast
+                                     # compiles; FSDP gathers one group's weights at a time); False: a loop
+  m.remat_policy = "full"            # what the backward pass keeps of each layer's forward: none | full (the
+                                     # layer inputs) | save_dots | save_dots_no_batch | save_qkv_proj | save_attention
 
   c.data = d = ml_collections.ConfigDict()
   d.path = ""                        # corpus directory (shards + corpus.json); empty = the built-in corpus
@@ -106,6 +110,8 @@ def _base() -> ml_collections.ConfigDict:
   c.train = t = ml_collections.ConfigDict()
   t.num_steps = 1_200_000
   t.batch_size = 256                 # global, across all processes
+  t.microbatches = 1                 # gradient accumulation: the batch runs as this many microbatches whose
+                                     # gradients add up to the whole batch's (same update, less memory)
   t.seed = 0
   t.log_every_steps = 100
   t.peak_flops_per_device = 0.0      # 0 = look up the device kind (for MFU)
@@ -163,6 +169,7 @@ def _base() -> ml_collections.ConfigDict:
   # Activations use the act_* names so that batch and FSDP do not claim the same mesh axis.
   c.sharding.logical_axis_rules = (
       ("batch", ("data", "fsdp")),
+      ("layers", None),              # the scanned stack's axis of parameters, unsharded (as MaxText)
       ("length", None),
       ("embed", "fsdp"),
       ("heads", "tensor"),
@@ -181,7 +188,7 @@ def _demo(c: ml_collections.ConfigDict) -> None:
   m.audio_width, m.motion_width, m.depth, m.heads, m.head_dim = 192, 128, 4, 4, 48
   m.text_dim, m.text_conv_layers = 96, 2
   m.joint_layers = (1, 3)
-  m.dtype, m.remat = "float32", False
+  m.dtype, m.scan_layers, m.remat_policy = "float32", False, "none"
   c.data.max_mel_frames, c.data.num_buckets = 256, 4
   c.optim.learning_rate, c.optim.warmup_steps, c.optim.schedule = 1e-3, 200, "cosine"
   c.optim.ema_decay = 0.999
@@ -209,12 +216,43 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
   m.audio_width, m.motion_width, m.depth, m.heads, m.head_dim = 32, 32, 2, 2, 16
   m.text_dim, m.text_conv_layers, m.time_freq_dim = 16, 1, 32
   m.joint_layers = (1,)
-  m.dtype, m.remat = "float32", False
+  m.dtype, m.scan_layers, m.remat_policy = "float32", False, "none"
   c.data.max_mel_frames = 48
   c.optim.learning_rate, c.optim.warmup_steps, c.optim.schedule = 3e-3, 10, "constant"
   c.optim.ema_decay = 0.99
   c.train.num_steps, c.train.batch_size, c.train.log_every_steps = 300, 8, 50
   c.checkpoint.every_steps = 100
+
+
+# (audio width, depth, head_dim) of the scaled presets; parameters in all (model.count_params).
+_SCALES = {"1b": (1536, 24, 64),    # 1.232B
+           "3b": (2304, 28, 128),   # 3.218B
+           "7b": (3072, 36, 128)}   # 7.314B
+
+
+def _scaled(c: ml_collections.ConfigDict, name: str) -> None:
+  """base grown the way DiTs are scaled (DiT, SD3's MM-DiT, F5-TTS's Base -> Large): width and
+  depth together, parameters ~ 14 x width^2 x depth per stream.
+
+  Rule, from base (1024 wide, 22 deep, 16 x 64 heads): audio width x1.5 per step (1536, 2304, 3072
+  at the last step x1.33), depth +2 / +4 / +8 (24, 28, 36); head_dim 64 up to width 1536, then 128
+  (SD3 / Llama: heads stay few and wide); heads = audio width / head_dim, shared by both streams
+  (joint attention concatenates them); motion width 2/3 of the audio width (base: 640 / 1024);
+  text encoder F5-style (4 ConvNeXtV2 blocks) at half the audio width (F5: 512 / 1024); joint
+  attention in every other layer, as base. Every width divides by 64, so the fsdp axis of a 64-chip
+  slice shards every weight matrix.
+
+  These do not fit one chip with their optimizer state: the mesh defaults to FSDP over every device
+  (1, -1, 1), layers scanned and fully rematerialised.
+  """
+  width, depth, head_dim = _SCALES[name]
+  m = c.model
+  m.audio_width, m.motion_width, m.depth = width, width * 2 // 3, depth
+  m.head_dim, m.heads = head_dim, width // head_dim
+  m.text_dim = width // 2
+  m.joint_layers = tuple(range(1, depth, 2))
+  m.scan_layers, m.remat_policy = True, "full"
+  c.mesh.shape = (1, -1, 1)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -223,5 +261,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ConfigError(f"unknown preset {preset!r} in configs/base.py; choose one of {', '.join(PRESETS)}")
   c = _base()
   c.preset = preset
-  {"base": lambda c: None, "demo": _demo, "tiny": _tiny, "f5": _f5}[preset](c)
+  if preset in _SCALES:
+    _scaled(c, preset)
+  else:
+    {"base": lambda c: None, "demo": _demo, "tiny": _tiny, "f5": _f5}[preset](c)
   return c

@@ -23,6 +23,8 @@ from jamflow_jax.config import ConfigError
 
 # Cloud TPU names count TensorCores for v4 / v5p (2 per chip, 3-D torus) and chips for v5e / v6e (2-D).
 _CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5e": 1, "v6e": 1}
+# HBM per chip, GiB (Cloud TPU system architecture pages).
+_HBM_GIB = {"v4": 32, "v5p": 95, "v5e": 16, "v6e": 32}
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e"}
 
 
@@ -57,6 +59,32 @@ def topology_devices(name: str) -> list:
   # v4 / v5p chips hold two TensorCores that run as one device ("megacore"), as on Cloud TPU.
   megacore = {"chip_config_name": "megacore"} if name.split(":")[0] in ("v4", "v5p") else {}
   return list(topologies.get_topology_desc(topology_name=name, platform="tpu", **megacore).devices)
+
+
+def hbm_gib(topology: str) -> float | None:
+  """HBM of one chip of `topology` in GiB (None for a generation not in the table)."""
+  return _HBM_GIB.get(topology_name(topology).split(":")[0])
+
+
+def state_bytes_per_device(abstract_state: Any) -> tuple[int, float]:
+  """(bytes of the state the first device holds, total bytes / devices: what perfect sharding would
+  leave on each) of a tree of ShapeDtypeStructs with NamedShardings."""
+  leaves = jax.tree.leaves(abstract_state)
+  held = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
+  total = sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)
+  return held, total / leaves[0].sharding.mesh.size
+
+
+# Report keys -> the names of the JSON rows (launch/tpu_compile.py --json), which other tools read.
+_JSON_NAMES = {"mem_GiB/dev": "mem_gib_per_chip", "args_GiB": "args_gib_per_chip", "temp_GiB": "temp_gib_per_chip",
+               "state_GiB": "state_gib_per_chip", "xla_TFLOP/dev": "xla_tflop_per_chip",
+               "counted_TFLOP/dev": "counted_tflop_per_chip"}
+
+
+def json_row(row: dict[str, Any]) -> dict[str, Any]:
+  """A report row with JSON names (mem_gib_per_chip, ...); NaN becomes null."""
+  clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v
+  return {_JSON_NAMES.get(k, k): clean(v) for k, v in row.items()}
 
 
 def report(compiled, seconds: float) -> dict[str, Any]:

@@ -10,6 +10,10 @@ JSON items, computed when saving. A restore recomputes them on the restored valu
 floats are finite, so a damaged file is found instead of trained on; without an explicit step the
 newest checkpoint that verifies is used and the damaged newer ones are moved to
 checkpoints/corrupt-<step>/ (never deleted).
+
+Layer layout: a checkpoint saved with the layers unrolled restores into a scanned model and the
+other way round (`model.scan_layers`): it is read in the layout it was saved in, verified, then
+converted (layer_stack.convert) onto the current shardings.
 """
 
 import hashlib
@@ -27,6 +31,7 @@ from absl import logging
 
 from jamflow_jax import paths, sharding
 from jamflow_jax.config import ConfigError
+from jamflow_jax.model import layer_stack
 
 ITEMS = ("state", "data", "config", "integrity")
 
@@ -121,6 +126,8 @@ class Checkpointer:
   def __init__(self, workdir: str | os.PathLike, config: ml_collections.ConfigDict):
     self.directory = paths.workdir_path(workdir) / "checkpoints"  # epath.Path: absolute, or the URL
     self.config_json = json.loads(config.to_json_best_effort())
+    self.scanned = bool(config.model.scan_layers)
+    self.period = layer_stack.period(config.model.depth, config.model.joint_layers)
     self.every_steps = int(config.checkpoint.every_steps)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.checkpoint.max_to_keep, enable_async_checkpointing=config.checkpoint.async_save, create=True)
@@ -184,10 +191,11 @@ class Checkpointer:
   def _check_model(self, step: int) -> dict:
     """The config saved with `step`; ConfigError if it holds a model of other model.* settings."""
     saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-    # attention_* say how attention is computed, not what: a run may resume with another kernel.
-    # Options newer than the checkpoint default to the behaviour it was trained with.
-    changed = sorted(k for k in saved["model"]
-                     if not k.startswith("attention_") and saved["model"][k] != self.config_json["model"].get(k))
+    # These say how the model is computed, not what: a run may resume with another attention kernel,
+    # remat policy or layer layout. Options newer than the checkpoint default to the behaviour it
+    # was trained with.
+    how = lambda k: k.startswith("attention_") or k in ("remat", "remat_policy", "scan_layers")
+    changed = sorted(k for k in saved["model"] if not how(k) and saved["model"][k] != self.config_json["model"].get(k))
     if changed:
       raise ConfigError(f"{self.directory} holds a model trained with other model.* settings ("
                         + ", ".join(f"{k}: {saved['model'].get(k)!r} -> {self.config_json['model'].get(k)!r}"
@@ -197,11 +205,11 @@ class Checkpointer:
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict | None] | None:
     """(state, data iterator state) of `step` (default: the newest intact checkpoint) onto the
     shardings of `abstract_state`; None if none is saved."""
-    def read(s):
+    def read(s, scanned):
       restored = self.manager.restore(s, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+          state=ocp.args.StandardRestore(self._layout(abstract_state, scanned)), data=ocp.args.JsonRestore()))
       return restored["state"], restored["data"]
-    found = self._first_intact(step, read)
+    found = self._first_intact(step, read, abstract_state)
     if found is None:
       return None
     (state, data), _ = found
@@ -213,21 +221,26 @@ class Checkpointer:
 
     Raises ConfigError when the workdir holds no checkpoint (or not `step`)."""
     key = "ema_params" if ema else "params"
-    restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract_params)
 
-    def read(s):
+    def read(s, scanned):
+      target = self._layout(abstract_params, scanned)
+      restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target)
       restored = self.manager.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-          item={key: abstract_params}, restore_args={key: restore_args}, partial_restore=True)))
+          item={key: target}, restore_args={key: restore_args}, partial_restore=True)))
       return restored["state"], None
-    found = self._first_intact(step, read)
+    found = self._first_intact(step, read, {key: abstract_params})
     if found is None:
       raise ConfigError(f"{self.directory} holds no checkpoint; train first")
     (state, _), found = found
     return state[key], found
 
-  def _first_intact(self, step: int | None, read: Callable[[int], tuple[Any, dict | None]]):
-    """(read(s), s) for s = `step`, or else the newest step whose checkpoint reads and verifies;
-    None when there is none. Damaged checkpoints newer than the one used are moved aside. Raises
+  def _layout(self, tree: Any, scanned: bool) -> Any:
+    return layer_stack.convert(tree, scanned, self.period)
+
+  def _first_intact(self, step: int | None, read: Callable[[int, bool], tuple[Any, dict | None]], abstract: Any):
+    """(read(s, scanned), s) for s = `step`, or else the newest step whose checkpoint reads and
+    verifies; None when there is none. `read` restores in the layer layout the step was saved in
+    (`scanned`); the tree is then converted to this model's, onto the shardings of `abstract`. Damaged checkpoints newer than the one used are moved aside. Raises
     CheckpointError for a damaged explicit `step`, or when no checkpoint is intact (then nothing moves:
     the same failure everywhere is more likely this program's than the files')."""
     steps = sorted(self.manager.all_steps(), reverse=True)
@@ -237,7 +250,7 @@ class Checkpointer:
     damaged = []
     for s in [step] if step is not None else steps:
       try:
-        value = self._read_verified(s, read)
+        value = self._read_verified(s, read, abstract)
       except CheckpointError as e:
         if step is not None:
           raise
@@ -252,13 +265,15 @@ class Checkpointer:
                             f"{', '.join(str(s) for s, _ in damaged)}); the newest: {damaged[0][1]}")
     return None
 
-  def _read_verified(self, step: int, read: Callable[[int], tuple[Any, dict | None]]):
-    """read(step), checked against the step's integrity record; CheckpointError when it fails."""
+  def _read_verified(self, step: int, read: Callable[[int, bool], tuple[Any, dict | None]], abstract: Any):
+    """read(step, its layout), checked against the step's integrity record, in this model's layout;
+    CheckpointError when it fails."""
     where = self.directory / str(step)
     failure = None
     try:
       saved_config = self._check_model(step)
-      tree, data = read(step)
+      saved_scanned = bool(saved_config["model"].get("scan_layers", False))
+      tree, data = read(step, saved_scanned)
       record = self._integrity(step)
     except ConfigError:
       raise
@@ -272,7 +287,7 @@ class Checkpointer:
       raise CheckpointError(f"{where}/state: non-finite values in {', '.join(nonfinite[:3])}")
     if record is None:  # saved before checkpoints carried fingerprints: finiteness is all there is to check
       logging.warning("%s has no integrity record (saved by an older version): only checked finite", where)
-      return tree, data
+      return self._converted(tree, saved_scanned, abstract, where), data
     differ = [n for n, h in leaves.items() if record["leaves"].get(n, h) != h]
     missing = [n for n in leaves if n not in record["leaves"]]
     if differ or missing:
@@ -282,7 +297,16 @@ class Checkpointer:
       raise CheckpointError(f"{where}/data: the data iterator state differs from its digest")
     if _json_digest(saved_config) != record["config"]:
       raise CheckpointError(f"{where}/config: the saved config differs from its digest")
-    return tree, data
+    return self._converted(tree, saved_scanned, abstract, where), data
+
+  def _converted(self, tree: Any, saved_scanned: bool, abstract: Any, where) -> Any:
+    """`tree` (read in the layout saved) in this model's layer layout, on the shardings of `abstract`."""
+    if saved_scanned == self.scanned:
+      return tree
+    logging.info("%s was saved with model.scan_layers=%s: converting its layers to scan_layers=%s",
+                 where, saved_scanned, self.scanned)
+    shardings = jax.tree.map(lambda a: a.sharding, abstract)
+    return jax.jit(lambda t: self._layout(t, self.scanned), out_shardings=shardings)(tree)
 
   def _integrity(self, step: int) -> dict | None:
     if not (self.directory / str(step) / "integrity").exists():

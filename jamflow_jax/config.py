@@ -16,6 +16,8 @@ from jamflow_jax.motion.spec import motion_frames_for
 TASKS = ("joint", "tts", "a2m", "m2a")
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn")
 DTYPES = ("float32", "bfloat16")
+# model.remat_policy (jamflow_jax.model.layer_stack maps each to a jax.checkpoint policy).
+REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch", "save_qkv_proj", "save_attention")
 F5_LAYOUTS = ("v1", "base")  # F5TTS_v1_Base | F5TTS_Base (train.init_layout)
 
 
@@ -78,6 +80,7 @@ RANGES = {
     "optim.b1": "[0, 1)", "optim.b2": "[0, 1)", "optim.eps": "(0, inf)", "optim.weight_decay": "[0, inf)",
     "optim.grad_clip": "(0, inf]", "optim.ema_decay": "[0, 1]",
     "train.num_steps": "[0, inf)", "train.batch_size": "[1, inf)", "train.seed": "[0, inf)",
+    "train.microbatches": "[1, inf)",
     "train.log_every_steps": "[1, inf)", "train.peak_flops_per_device": "[0, inf)",
     "checkpoint.every_steps": "[1, inf)", "checkpoint.max_to_keep": "[1, inf)",
     "sample.nfe": "[1, inf)", "sample.sway": "[-1, 1]",  # F5-TTS's range; the time grid stays monotonic
@@ -123,6 +126,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   for name in ("attention_block_q", "attention_block_k"):
     if m[name] and (m[name] < 16 or m[name] & (m[name] - 1)):
       raise ConfigError(f"model.{name}={m[name]} must be 0 (the backend's default) or a power of two >= 16")
+  if m.remat_policy not in REMAT_POLICIES:
+    raise ConfigError(f"model.remat_policy={m.remat_policy!r}; choose one of {', '.join(REMAT_POLICIES)}")
   if m.dtype not in DTYPES:
     raise ConfigError(f"model.dtype={m.dtype!r}; choose one of {', '.join(DTYPES)}")
   for name in ("audio_width", "motion_width"):
@@ -149,12 +154,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     raise ConfigError(f"flow.time_sampling={f.time_sampling!r}; choose uniform or logit_normal")
   if config.optim.schedule not in ("linear", "cosine", "constant"):
     raise ConfigError(f"optim.schedule={config.optim.schedule!r}; choose linear, cosine or constant")
+  t = config.train
+  if t.batch_size % t.microbatches:
+    raise ConfigError(f"train.batch_size={t.batch_size} is not divisible into train.microbatches={t.microbatches}")
   if num_devices is not None:
     shape = mesh_shape(config, num_devices)
     batch_shards = math.prod(s for s, a in zip(shape, config.mesh.axes) if a in ("data", "fsdp"))
-    if config.train.batch_size % batch_shards:
-      raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the "
-                        f"{batch_shards} batch shards of mesh {dict(zip(config.mesh.axes, shape))}")
+    if t.batch_size % (batch_shards * t.microbatches):
+      raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the {batch_shards} batch shards of "
+                        f"mesh {dict(zip(config.mesh.axes, shape))}"
+                        + (f" times train.microbatches={t.microbatches}" if t.microbatches > 1 else ""))
   if d.source not in ("", "tfds", "synthetic"):
     raise ConfigError(f"data.source={d.source!r}; leave it empty (shards at data.path, or the built-in "
                       "corpus), or set tfds or synthetic")

@@ -113,16 +113,21 @@ def masked_sq_error(pred: jax.Array, target: jax.Array, mask: jax.Array) -> tupl
 
 
 def flow_loss(pred: tuple[jax.Array, jax.Array], target: tuple[jax.Array, jax.Array], plan: TaskPlan,
-              cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
+              cfg: ml_collections.ConfigDict, frames: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, dict]:
   """MSE on generated valid frames only, per modality, weighted; plus per-task sums for logging.
 
+  `frames`: the generated (audio, motion) frame counts the squared errors are divided by, default
+  this batch's. A microbatch passes its whole batch's, so that the losses (and gradients) of the
+  microbatches add up to the batch's.
+
   Returns the scalar loss and metrics: `sum/<modality>/<task>` and `count/<modality>/<task>`
-  (frame-weighted, so averages over any number of steps are exact).
+  (frame-weighted, so averages over any number of steps are exact). Every metric adds over microbatches.
   """
   se_a, n_a = masked_sq_error(pred[0], target[0], plan.audio_gen)
   se_m, n_m = masked_sq_error(pred[1], target[1], plan.motion_gen)
-  loss_a = jnp.sum(se_a) / jnp.maximum(jnp.sum(n_a), 1.0)
-  loss_m = jnp.sum(se_m) / jnp.maximum(jnp.sum(n_m), 1.0)
+  total_a, total_m = generated_frames(plan) if frames is None else frames
+  loss_a = jnp.sum(se_a) / jnp.maximum(total_a, 1.0)
+  loss_m = jnp.sum(se_m) / jnp.maximum(total_m, 1.0)
   loss = cfg.audio_loss_weight * loss_a + cfg.motion_loss_weight * loss_m
   metrics = {"loss": loss, "loss/audio": loss_a, "loss/motion": loss_m}
   for i, name in enumerate(TASKS):
@@ -133,13 +138,37 @@ def flow_loss(pred: tuple[jax.Array, jax.Array], target: tuple[jax.Array, jax.Ar
   return loss, metrics
 
 
-def objective(model, batch: dict, rng: jax.Array, cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
-  """One draw of the training objective for `model` (a JamFlow) on a batch of the data contract."""
+def generated_frames(plan: TaskPlan) -> tuple[jax.Array, jax.Array]:
+  """How many (audio, motion) frames the loss reads: float32 scalars."""
+  return jnp.sum(plan.audio_gen).astype(jnp.float32), jnp.sum(plan.motion_gen).astype(jnp.float32)
+
+
+@struct.dataclass
+class Draw:
+  """Everything random in one objective evaluation of a batch of B examples."""
+  plan: TaskPlan
+  t: jax.Array        # float [B]
+  noise_a: jax.Array  # float [B, Ta, mel_dim]   x0 of the audio stream
+  noise_m: jax.Array  # float [B, Tm, motion_dim]
+
+
+def draw(rng: jax.Array, batch: dict, cfg: ml_collections.ConfigDict, motion_step: float) -> Draw:
+  """Task plans, flow times and noise for `batch` (the data contract)."""
   k_plan, k_t, k_a, k_m = jax.random.split(rng, 4)
   b = batch["mel"].shape[0]
-  plan = draw_plan(k_plan, batch["mel_valid"], batch["motion_valid"], cfg, model.motion_step)
-  t = sample_time(k_t, b, cfg)
-  noise_a = jax.random.normal(k_a, batch["mel"].shape, batch["mel"].dtype)
-  noise_m = jax.random.normal(k_m, batch["motion"].shape, batch["motion"].dtype)
-  inputs, target = model_inputs(batch, plan, t, noise_a, noise_m)
-  return flow_loss(model(inputs), target, plan, cfg)
+  return Draw(plan=draw_plan(k_plan, batch["mel_valid"], batch["motion_valid"], cfg, motion_step),
+              t=sample_time(k_t, b, cfg),
+              noise_a=jax.random.normal(k_a, batch["mel"].shape, batch["mel"].dtype),
+              noise_m=jax.random.normal(k_m, batch["motion"].shape, batch["motion"].dtype))
+
+
+def loss(model, batch: dict, d: Draw, cfg: ml_collections.ConfigDict,
+         frames: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, dict]:
+  """The objective of `model` (a JamFlow) on `batch` under the draw `d` (see flow_loss for `frames`)."""
+  inputs, target = model_inputs(batch, d.plan, d.t, d.noise_a, d.noise_m)
+  return flow_loss(model(inputs), target, d.plan, cfg, frames)
+
+
+def objective(model, batch: dict, rng: jax.Array, cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
+  """One draw of the training objective for `model` (a JamFlow) on a batch of the data contract."""
+  return loss(model, batch, draw(rng, batch, cfg, model.motion_step), cfg)

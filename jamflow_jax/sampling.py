@@ -161,9 +161,7 @@ class Sampler:
   def _sample(self, params, c: Conditions, grid: jax.Array, key: jax.Array, *, solver: str,
               guided: tuple[tuple[str, float], ...]) -> tuple[jax.Array, jax.Array]:
     model = nnx.merge(self.graphdef, params)
-    # No backward pass here, so nothing to rematerialise (and nnx.remat cannot run inside the
-    # solver's loop on a model merged outside it).
-    model.remat = False
+    model.remat_policy = "none"  # no backward pass here, so nothing to rematerialise
     k_a, k_m = jax.random.split(key)
     x0 = (jax.random.normal(k_a, c.audio.shape, jnp.float32), jax.random.normal(k_m, c.motion.shape, jnp.float32))
     xa, xm = integrate(guided_velocity(model, c, guided), x0, grid, solver)

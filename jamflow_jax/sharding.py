@@ -33,9 +33,15 @@ def single_device_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,) * len(config.mesh.axes))
 
 
+# Logical names newer than some saved configs' rules, and where they go when a config does not say.
+_DEFAULT_RULES = (("layers", None),)
+
+
 def logical_rules(config: ml_collections.ConfigDict) -> tuple[tuple[str, Any], ...]:
-  return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
-               for name, axes in config.sharding.logical_axis_rules)
+  rules = tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+                for name, axes in config.sharding.logical_axis_rules)
+  named = {name for name, _ in rules}
+  return rules + tuple(rule for rule in _DEFAULT_RULES if rule[0] not in named)
 
 
 @contextlib.contextmanager

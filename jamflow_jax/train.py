@@ -99,11 +99,15 @@ class Trainer:
 
   def _step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
-
-    def loss_fn(params):
-      return flow.objective(nnx.merge(self.graphdef, params), batch, rng, self.config.flow)
-
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    loss_and_grad = jax.value_and_grad(
+        lambda params, batch, d, frames: flow.loss(nnx.merge(self.graphdef, params), batch, d, self.config.flow,
+                                                   frames), has_aux=True)
+    d = flow.draw(rng, batch, self.config.flow, config_lib.mel_fps(self.config) / self.config.data.motion_fps)
+    k = int(self.config.train.microbatches)
+    if k == 1:
+      (_, metrics), grads = loss_and_grad(state.params, batch, d, None)
+    else:
+      grads, metrics = self._accumulate(loss_and_grad, state.params, batch, d, k)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # EMA with a warm-up of its own, so early averages are not dominated by the initialisation.
@@ -115,6 +119,29 @@ class Trainer:
       params, ema, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, ema, opt_state),
                                             (state.params, state.ema_params, state.opt_state))
     return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
+
+  def _accumulate(self, loss_and_grad, params, batch: dict, d: flow.Draw, k: int) -> tuple[Any, dict]:
+    """Gradients and metrics of the whole batch as the sum over k microbatches (train.microbatches),
+    run one after another: activations of B / k examples live at a time. The draw and the loss
+    denominators are the whole batch's, so the sums equal the one-batch values.
+
+    Microbatch j holds rows j, j + k, j + 2k, ...: every device keeps its own rows (each holds a
+    contiguous block of B / shards rows, a multiple of k), so splitting moves no data."""
+    frames = flow.generated_frames(d.plan)
+
+    def split(x):  # [B, ...] -> [k, B / k, ...], the B / k rows sharded as the batch was
+      x = jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0)
+      return sharding.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
+
+    def body(total, micro):
+      (_, metrics), grads = loss_and_grad(params, *micro, frames)
+      return jax.tree.map(jnp.add, total, (grads, metrics)), None
+
+    micro = jax.tree.map(split, (batch, d))
+    zeros = jax.eval_shape(lambda: loss_and_grad(params, *jax.tree.map(lambda x: x[0], micro), frames))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zeros[1], zeros[0][1]))
+    (grads, metrics), _ = jax.lax.scan(body, zeros, micro)
+    return grads, metrics
 
   def init(self, seed: int) -> TrainState:
     with self.context():

@@ -93,18 +93,19 @@ def test_remat_and_bf16_keep_the_gradient():
   config.train.batch_size = 2
   batch = {k: jnp.asarray(v) for k, v in SyntheticBatches(config).make_batch(0).items()}
 
-  def grads(remat, dtype):
+  def grads(policy, dtype):
     c = config.copy_and_resolve_references()
-    c.model.remat, c.model.dtype = remat, dtype
+    c.model.remat_policy, c.model.dtype = policy, dtype
     with _single_device_context(c):
       graphdef, params = nnx.split(model_lib.create(c), nnx.Param)
       loss = lambda p: flow.objective(nnx.merge(graphdef, p), batch, jax.random.key(0), c.flow)[0]
       return jax.jit(jax.grad(loss))(params)
 
-  plain = jax.tree.leaves(grads(False, "float32"))
-  for a, b in zip(plain, jax.tree.leaves(grads(True, "float32"))):
-    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
-  bf16 = jax.tree.leaves(grads(True, "bfloat16"))
+  plain = jax.tree.leaves(grads("none", "float32"))
+  for policy in ("full", "save_dots", "save_qkv_proj"):
+    for a, b in zip(plain, jax.tree.leaves(grads(policy, "float32"))):
+      np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=policy)
+  bf16 = jax.tree.leaves(grads("full", "bfloat16"))
   norm = lambda leaves: float(jnp.sqrt(sum(jnp.sum(jnp.square(l)) for l in leaves)))
   diff = [b.astype(jnp.float32) - a for a, b in zip(plain, bf16)]
   assert norm(diff) < 0.05 * norm(plain)

@@ -106,7 +106,8 @@ def test_guidance_strength_zero_is_the_conditional_call_and_strengths_combine(ti
 
 
 def test_sampler_is_deterministic_and_keeps_given_frames(tiny_config):
-  tiny_config.model.remat = True  # as in the base preset: the sampler must not rematerialise
+  tiny_config.model.remat_policy = "full"  # as in the base preset: the sampler must not rematerialise
+  tiny_config.model.scan_layers = True
   mesh = sharding.single_device_mesh(tiny_config)
   with sharding.use_mesh(mesh, tiny_config):
     model = model_lib.create(tiny_config, seed=3)

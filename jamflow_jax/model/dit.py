@@ -11,11 +11,17 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
+from jax.ad_checkpoint import checkpoint_name
 
 from jamflow_jax.model.attention import AttentionOptions, joint_attention
 from jamflow_jax.model.layers import AdaLNModulation, FeedForward, _init, layer_norm, modulate
 from jamflow_jax.model.rope import apply_rope
 from jamflow_jax.sharding import constrain
+
+
+# Activation names that model.remat_policy can keep (jamflow_jax.model.layer_stack).
+QKV_NAMES = ("query_proj", "key_proj", "value_proj")
+ATTENTION_OUT = "attention_out"
 
 
 @struct.dataclass
@@ -62,7 +68,7 @@ class StreamBlock(nnx.Module):
     """-> q, k, v [B, L, H, Dh] (rotated), and the modulation kept for `finish`."""
     shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = self.modulation(temb)
     h = modulate(self.norm_attn(x), shift_a, scale_a)
-    q, k, v = self.q(h), self.k(h), self.v(h)
+    q, k, v = (checkpoint_name(proj(h), name) for proj, name in zip((self.q, self.k, self.v), QKV_NAMES))
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
     q, k = apply_rope(q, tokens.angles, self.rope_heads), apply_rope(k, tokens.angles, self.rope_heads)
@@ -104,4 +110,5 @@ class DualLayer(nnx.Module):
     else:
       oa = attend(qa, ka, va, ta, ta, window, attn)
       om = attend(qm, km, vm, tm, tm, window, attn)
+    oa, om = checkpoint_name(oa, ATTENTION_OUT), checkpoint_name(om, ATTENTION_OUT)
     return self.audio.finish(xa, oa, mods_a), self.motion.finish(xm, om, mods_m)

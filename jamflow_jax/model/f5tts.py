@@ -34,6 +34,7 @@ import numpy as np
 from absl import logging
 
 from jamflow_jax.config import ConfigError
+from jamflow_jax.model import layer_stack
 
 _INV_FREQ = "rotary_embed.inv_freq"  # x_transformers' RoPE buffer: checked, not loaded
 
@@ -98,9 +99,9 @@ _MODULES = tuple((re.compile(ours), f5, kind) for ours, f5, kind in (
 
 
 def is_audio_stream(path: tuple) -> bool:
-  """Whether a parameter path belongs to the audio stream (the part F5-TTS initialises)."""
+  """Whether a parameter path (either layer layout) belongs to the audio stream (the part F5-TTS initialises)."""
   return path[0] in ("text", "audio_in", "audio_pos", "audio_time", "audio_head") or (
-      path[0] == "layers" and path[2] == "audio")
+      path[0] == layer_stack.UNROLLED and path[2] == "audio") or (path[0] == layer_stack.STACKED and path[3] == "audio")
 
 
 def _leaves(tree, path=()):
@@ -126,9 +127,12 @@ def convert(state_dict: dict[str, np.ndarray], abstract_params, config: ml_colle
 
   state_dict: {name: array} with the DiT's names (`DiT.state_dict()`, no `transformer.` prefix; see
   `load_f5_checkpoint`). abstract_params: our parameter tree (arrays or ShapeDtypeStructs: only
-  .shape and .dtype are read). Returns the audio-stream leaves as numpy arrays of those dtypes, in a
-  nested dict of the same keys. Raises F5ConversionError listing every problem at once.
+  .shape and .dtype are read), unrolled or scanned. Returns the audio-stream leaves as numpy arrays
+  of those dtypes, in a nested dict of the same keys (F5's blocks map onto unrolled layers; stacked
+  afterwards for a scanned model). Raises F5ConversionError listing every problem at once.
   """
+  scanned = layer_stack.STACKED in abstract_params
+  abstract_params = layer_stack.convert_for(abstract_params, config, scanned=False)
   missing, mismatched, converted, used = [], [], {}, set()
   for path, leaf in _leaves(abstract_params):
     if not is_audio_stream(path):
@@ -167,7 +171,7 @@ def convert(state_dict: dict[str, np.ndarray], abstract_params, config: ml_colle
              if items]
     raise F5ConversionError("the F5-TTS checkpoint does not fit the audio stream of this config (model.*):\n  "
                             + "\n  ".join(parts))
-  return converted
+  return layer_stack.convert_for(converted, config, scanned=scanned)
 
 
 def load_f5_checkpoint(path: str) -> dict[str, np.ndarray]:

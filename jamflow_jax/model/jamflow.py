@@ -7,7 +7,8 @@ from flax import nnx, struct
 
 from jamflow_jax import config as config_lib
 from jamflow_jax.model.attention import AUDIO, MOTION, AttentionOptions
-from jamflow_jax.model.dit import DualLayer, Tokens
+from jamflow_jax.model import layer_stack
+from jamflow_jax.model.dit import Tokens
 from jamflow_jax.model.layers import (AdaLNModulation, ConvPositionEmbedding, TimestepEmbedding,
                                       layer_norm, linear, modulate)
 from jamflow_jax.model.rope import rope_angles
@@ -55,7 +56,8 @@ class JamFlow(nnx.Module):
     self.head_dim, self.rope_theta = m.head_dim, m.rope_theta
     self.motion_step = config_lib.mel_fps(config) / config.data.motion_fps  # mel frames per motion frame
     self.window = config_lib.joint_window_frames(config)
-    self.attention, self.remat = AttentionOptions.from_config(m), m.remat
+    self.attention = AttentionOptions.from_config(m)
+    self.scan_layers, self.remat_policy = m.scan_layers, m.remat_policy
 
     self.text = TextEncoder(m.text_vocab_size, m.text_dim, m.text_conv_layers, rngs=rngs, dtype=dtype,
                             mask_padding=m.text_mask_padding)
@@ -65,10 +67,10 @@ class JamFlow(nnx.Module):
     self.audio_pos, self.motion_pos = pos(m.audio_width), pos(m.motion_width)
     self.audio_time = TimestepEmbedding(m.time_freq_dim, m.audio_width, rngs=rngs, dtype=dtype)
     self.motion_time = TimestepEmbedding(m.time_freq_dim, m.motion_width, rngs=rngs, dtype=dtype)
-    joint = set(m.joint_layers)
-    self.layers = nnx.List([
-        DualLayer(m.audio_width, m.motion_width, m.heads, m.head_dim, m.ff_mult, m.qk_norm, i in joint,
-                  rngs=rngs, dtype=dtype, audio_rope_heads=m.rope_heads) for i in range(m.depth)])
+    if m.scan_layers:  # parameters stacked over `layers` (layer_stack: layer i = group i // p, member i % p)
+      self.layer_groups = layer_stack.stacked_groups(m, rngs=rngs, dtype=dtype)
+    else:
+      self.layers = nnx.List([layer_stack.dual_layer(m, i, rngs=rngs, dtype=dtype) for i in range(m.depth)])
     self.audio_head = StreamHead(m.audio_width, m.mel_dim, rngs=rngs, dtype=dtype)
     self.motion_head = StreamHead(m.motion_width, m.motion_dim, rngs=rngs, dtype=dtype)
 
@@ -96,11 +98,9 @@ class JamFlow(nnx.Module):
     ta, tm = self.tokens(x)
     ha, hm = self.embed(x)
     temb_a, temb_m = self.audio_time(x.t), self.motion_time(x.t)
-    run = lambda layer, *args: layer(*args)
-    if self.remat:
-      run = nnx.remat(run, static_argnums=(7, 8))
-    for layer in self.layers:
-      ha, hm = run(layer, ha, hm, temb_a, temb_m, ta, tm, self.window, self.attention)
+    stack = self.layer_groups if self.scan_layers else self.layers
+    ha, hm = layer_stack.run(stack, self.scan_layers, self.remat_policy, ha, hm, temb_a, temb_m, ta, tm,
+                             self.window, self.attention)
     va = self.audio_head(ha, temb_a).astype(jnp.float32)
     vm = self.motion_head(hm, temb_m).astype(jnp.float32)
     return va, vm
