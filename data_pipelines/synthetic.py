@@ -29,7 +29,7 @@ class SyntheticBatches:
     self.num_batches = int(config.data.synthetic_num_batches)
     self.mel_frames = int(config.data.max_mel_frames)
     self.motion_frames = config_lib.motion_frames(config, self.mel_frames)
-    self.motion_step = config_lib.mel_fps(config) / config.data.motion_fps
+    self.motion_step = config_lib.motion_step(config)
     readout = np.random.default_rng([self.seed, 2**31 - 1])
     self.mel_readout = readout.normal(size=(LATENT_DIM, config.model.mel_dim)) / np.sqrt(LATENT_DIM)
     self.motion_readout = readout.normal(size=(LATENT_DIM, config.model.motion_dim)) / np.sqrt(LATENT_DIM)

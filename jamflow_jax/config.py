@@ -29,6 +29,11 @@ def mel_fps(config: ml_collections.ConfigDict) -> float:
   return config.data.sample_rate / config.data.hop_length
 
 
+def motion_step(config: ml_collections.ConfigDict) -> float:
+  """Mel frames per motion frame (93.75 / 25 = 3.75): a motion frame's step on the shared clock."""
+  return mel_fps(config) / config.data.motion_fps
+
+
 def motion_frames(config: ml_collections.ConfigDict, mel_frames: int) -> int:
   """T_m = ceil(T_a * motion_fps / mel_fps) (DESIGN data contract)."""
   d = config.data

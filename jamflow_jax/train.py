@@ -102,7 +102,7 @@ class Trainer:
     loss_and_grad = jax.value_and_grad(
         lambda params, batch, d, frames: flow.loss(nnx.merge(self.graphdef, params), batch, d, self.config.flow,
                                                    frames), has_aux=True)
-    d = flow.draw(rng, batch, self.config.flow, config_lib.mel_fps(self.config) / self.config.data.motion_fps)
+    d = flow.draw(rng, batch, self.config.flow, config_lib.motion_step(self.config))
     k = int(self.config.train.microbatches)
     if k == 1:
       (_, metrics), grads = loss_and_grad(state.params, batch, d, None)

@@ -54,7 +54,7 @@ class JamFlow(nnx.Module):
     dtype = jnp.dtype(m.dtype)
     self.compute_dtype = dtype
     self.head_dim, self.rope_theta = m.head_dim, m.rope_theta
-    self.motion_step = config_lib.mel_fps(config) / config.data.motion_fps  # mel frames per motion frame
+    self.motion_step = config_lib.motion_step(config)
     self.window = config_lib.joint_window_frames(config)
     self.attention = AttentionOptions.from_config(m)
     self.scan_layers, self.remat_policy = m.scan_layers, m.remat_policy
