@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks.common import override, print_table  # noqa: E402
@@ -53,7 +54,7 @@ def _compile(fields: dict, fn) -> dict:
   return row
 
 
-def _config(preset: str, mesh: str | None, layout: str | None) -> "ml_collections.ConfigDict":  # noqa: F821
+def _config(preset: str, mesh: str | None, layout: str | None) -> ml_collections.ConfigDict:
   config = get_config(preset)
   config.data.source = "synthetic"
   if _BATCH.value:
@@ -61,13 +62,17 @@ def _config(preset: str, mesh: str | None, layout: str | None) -> "ml_collection
   for assignment in _SET.value:
     override(config, assignment)
   if mesh:
-    config.mesh.shape = tuple(int(s) for s in mesh.split("x"))
+    try:
+      config.mesh.shape = tuple(int(s) for s in mesh.split("x"))
+    except ValueError:
+      raise SystemExit(f"flag error: --meshes: {mesh!r} is not AxBxC (e.g. 1x8x1)") from None
   if layout:
     config.model.scan_layers = layout == "scanned"
   return config
 
 
 def _step_row(config, devices, topology: str) -> dict:
+  config_lib.validate(config, len(devices))
   trainer, report = aot.compile_train_step(config, devices, SyntheticBatches(config).make_batch(0))
   mel = config.data.max_mel_frames
   counted = flops.train_flops(config, mel, config_lib.motion_frames(config, mel)) * config.train.batch_size
@@ -82,9 +87,16 @@ def _step_row(config, devices, topology: str) -> dict:
 
 def main(argv):
   del argv
+  try:
+    _main()
+  except config_lib.ConfigError as e:  # a preset, --set, --meshes or --topology that cannot run: one line
+    raise SystemExit(f"config error: {e}") from None
+
+
+def _main():
   for layout in _LAYOUTS.value:
     if layout not in ("scanned", "unrolled"):
-      raise app.UsageError(f"--layouts: {layout!r} is neither scanned nor unrolled")
+      raise SystemExit(f"flag error: --layouts: {layout!r} is neither scanned nor unrolled")
   rows = []
   for topology in _TOPOLOGY.value:
     devices = aot.topology_devices(topology)
@@ -118,8 +130,7 @@ def main(argv):
             fields = {"preset": preset, "topology": name, "what": "train step", "params_B": params,
                       "mesh": "x".join(map(str, shape)), "layout": "scanned" if config.model.scan_layers else "unrolled",
                       "remat": config.model.remat_policy, "batch": config.train.batch_size, "impl": impl}
-            rows.append(_compile(fields, lambda c=config: (config_lib.validate(c, len(devices)),
-                                                            _step_row(c, devices, name))[1]))
+            rows.append(_compile(fields, lambda c=config: _step_row(c, devices, name)))
   print_table([{k: v for k, v in row.items() if k not in ("devices", "kind")} for row in rows])
   if _JSON.value:
     with open(_JSON.value, "w") as f:
