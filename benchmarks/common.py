@@ -1,26 +1,41 @@
-"""Shared by the benchmark scripts: config overrides from the command line, and the printed table."""
+"""Shared by the benchmark scripts (`python -m benchmarks.NAME` from the repository root): the
+config flag, as `python -m jamflow_jax.main` has it, and the printed table.
 
-import ast
+`--config=configs/base.py --config.a.b=value` overrides (as main: given after --config); a script
+that measures several presets applies the same overrides to each (`preset_config`).
+"""
+
+from absl import flags
+from ml_collections import config_flags
+
+from jamflow_jax import cli, presets
+
+# No default: config_flags would load a default file while this module is imported, where a bad
+# override could only end in a traceback.
+CONFIG = config_flags.DEFINE_config_file(
+  "config",
+  None,
+  "configs/base.py[:PRESET] to take --config.a.b=value overrides from; they apply to every preset a script measures",
+)
 
 
-def override(config, assignment: str) -> None:
-  """Applies `a.b=value` (value parsed as a Python literal, else kept as a string) to `config`."""
-  key, _, text = assignment.partition("=")
-  try:
-    value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    value = text
-  *parents, leaf = key.split(".")
-  node = config
-  for name in parents:
-    node = node[name]
-  node[leaf] = value
+def preset_config(preset: str):
+  """`presets.get_config(preset)` with the command line's --config.a.b overrides."""
+  config = presets.get_config(preset)
+  if CONFIG.value is not None:
+    config.update_from_flattened_dict(config_flags.get_override_values(flags.FLAGS["config"]))
+  return config
+
+
+def run(main) -> None:
+  """app.run(main) with one-line errors for bad flags, overrides and configs (jamflow_jax.cli)."""
+  cli.run(main, lambda argv: cli.parse_flags(argv, CONFIG))
 
 
 def print_table(rows: list[dict]) -> None:
   """Right-aligned columns, the union of the rows' keys in first-seen order; floats to 4 digits."""
   cols = list(dict.fromkeys(k for r in rows for k in r))
-  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
   table = [cols] + [[fmt(r.get(c, "")) for c in cols] for r in rows]
   widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
   for line in table:

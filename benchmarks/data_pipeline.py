@@ -1,6 +1,6 @@
 """Data pipeline benchmark: examples/s and mel frames/s of the grain pipeline beside the train step.
 
-  python benchmarks/data_pipeline.py [--preset=demo] [--corpus=DIR] [--batches=300] [--threads=1,2,4]
+  python -m benchmarks.data_pipeline [--preset=demo] [--corpus=DIR] [--batches=300] [--threads=1,2,4]
                                      [--workers=2] [--step_steps=10]
 
 Rows: the pipeline with 1, 2, 4 loading threads (and grain worker processes), then the preset's
@@ -11,18 +11,14 @@ is the built-in one for the preset (built on first use) unless --corpus names an
 """
 
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+from absl import flags
 
-import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
-from common import override, print_table  # noqa: E402  (benchmarks/common.py)
-
-from configs.base import get_config  # noqa: E402
-from data_pipelines import pipeline  # noqa: E402
-from jamflow_jax import sharding, train  # noqa: E402
+from benchmarks.common import preset_config, print_table, run
+from data_pipelines import pipeline
+from jamflow_jax import sharding, train
 
 _PRESET = flags.DEFINE_string("preset", "demo", "preset of configs/base.py (batch size, lengths, buckets)")
 _CORPUS = flags.DEFINE_string("corpus", "", "corpus directory (default: the built-in corpus)")
@@ -30,14 +26,11 @@ _BATCHES = flags.DEFINE_integer("batches", 300, "batches timed per pipeline sett
 _THREADS = flags.DEFINE_list("threads", ["1", "2", "4"], "loading-thread counts to measure")
 _WORKERS = flags.DEFINE_list("workers", ["2"], "grain worker-process counts to measure (empty: none)")
 _STEP_STEPS = flags.DEFINE_integer("step_steps", 10, "timed train steps (0: skip the step)")
-_SET = flags.DEFINE_multi_string("set", [], "config override a.b=value (Python literal), repeatable")
 
 
 def _config():
-  config = get_config(_PRESET.value)
+  config = preset_config(_PRESET.value)
   config.data.path = _CORPUS.value
-  for assignment in _SET.value:
-    override(config, assignment)
   return config
 
 
@@ -53,8 +46,12 @@ def measure_pipeline(config, source, motion, label: str) -> dict:
     valid += int(batch["mel_valid"].sum())
     padded += batch["mel_valid"].size
   seconds = time.perf_counter() - start
-  return {"what": label, "examples/s": examples / seconds, "mel_frames/s": valid / seconds,
-          "padding": 1 - valid / padded}
+  return {
+    "what": label,
+    "examples/s": examples / seconds,
+    "mel_frames/s": valid / seconds,
+    "padding": 1 - valid / padded,
+  }
 
 
 def measure_step(config, source, motion) -> dict:
@@ -76,9 +73,12 @@ def measure_step(config, source, motion) -> dict:
     state, metrics = trainer.step(state, trainer.global_batch(batch))
   jax.block_until_ready(metrics["loss"])
   seconds = time.perf_counter() - start
-  return {"what": f"{_PRESET.value} train step ({mesh.size} x {jax.devices()[0].platform})",
-          "examples/s": examples / seconds, "mel_frames/s": valid / seconds,
-          "padding": 1 - valid / sum(b["mel_valid"].size for b in batches)}
+  return {
+    "what": f"{_PRESET.value} train step ({mesh.size} x {jax.devices()[0].platform})",
+    "examples/s": examples / seconds,
+    "mel_frames/s": valid / seconds,
+    "padding": 1 - valid / sum(b["mel_valid"].size for b in batches),
+  }
 
 
 def main(argv):
@@ -86,9 +86,11 @@ def main(argv):
   config = _config()
   source, motion = pipeline.open_source(config)
   plan = pipeline.make_iterator(source, motion, config).loader.plan
-  print(f"corpus {config.data.path or 'built-in'}: {len(source)} records, {plan.eligible.size} within "
-        f"{config.data.max_mel_frames} mel frames; batch {config.train.batch_size}; buckets {plan.buckets}; "
-        f"padding over an epoch {100 * plan.padding_fraction():.1f}%; {os.cpu_count()} cores")
+  print(
+    f"corpus {config.data.path or 'built-in'}: {len(source)} records, {plan.eligible.size} within "
+    f"{config.data.max_mel_frames} mel frames; batch {config.train.batch_size}; buckets {plan.buckets}; "
+    f"padding over an epoch {100 * plan.padding_fraction():.1f}%; {os.cpu_count()} cores"
+  )
   rows = []
   for threads in _THREADS.value:
     config.data.num_threads, config.data.worker_processes = int(threads), 0
@@ -107,4 +109,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

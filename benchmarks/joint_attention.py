@@ -1,6 +1,6 @@
 """Joint attention benchmark: forward and forward+backward time per implementation.
 
-  python benchmarks/joint_attention.py [--lengths=1024,4096,16384] [--presets=demo,base]
+  python -m benchmarks.joint_attention [--lengths=1024,4096,16384] [--presets=demo,base]
       [--impls=xla,pallas,cudnn,cudnn_full] [--batch=2] [--runs=10]
 
 Tokens are laid out as the model makes them (the audio frames, then the motion frames at 3.75 mel
@@ -14,31 +14,29 @@ FLOPs count every pair). Rows that cannot run here say why (no GPU for cuDNN; th
 dense B x H x L^2 logits over the memory budget).
 """
 
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from common import print_table  # noqa: E402  (benchmarks/common.py)
-
-from configs.base import get_config  # noqa: E402
-from jamflow_jax import aot, config as config_lib  # noqa: E402
-from jamflow_jax.kernels import joint_attention as kernel  # noqa: E402
-from jamflow_jax.model.attention import joint_attention, joint_mask  # noqa: E402
+from benchmarks.common import preset_config, print_table, run
+from jamflow_jax import aot, config as config_lib
+from jamflow_jax.kernels import joint_attention as kernel
+from jamflow_jax.model.attention import joint_attention, joint_mask
 
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "4096", "16384"], "joint tokens (audio + motion)")
 _PRESETS = flags.DEFINE_list("presets", ["demo", "base"], "presets giving heads, head_dim, window, dtype")
 _IMPLS = flags.DEFINE_list("impls", ["xla", "pallas", "cudnn", "cudnn_full"], "implementations")
 _BATCH = flags.DEFINE_integer("batch", 2, "batch size")
 _RUNS = flags.DEFINE_integer("runs", 10, "timed runs per cell (median)")
-_DENSE_GIB = flags.DEFINE_float("dense_budget_gib", 0.0, "skip xla beyond this many GiB of dense logits "
-                                "(0 = a quarter of the device memory, or 4 GiB on CPU)")
+_DENSE_GIB = flags.DEFINE_float(
+  "dense_budget_gib",
+  0.0,
+  "skip xla beyond this many GiB of dense logits (0 = a quarter of the device memory, or 4 GiB on CPU)",
+)
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "q, k, v dtype (cuDNN needs bfloat16)")
 _BLOCKS = flags.DEFINE_list("blocks", [], "pallas block_q,block_k (default: the backend's)")
 
@@ -69,8 +67,9 @@ def _cell(impl: str, q, k, v, tokens, window, options) -> dict:
   if impl == "cudnn_full":
     attend = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
   else:
-    attend = lambda q, k, v: joint_attention(q, k, v, window=window, impl=impl, **tokens,
-                                             **(options if impl == "pallas" else {}))
+    attend = lambda q, k, v: joint_attention(
+      q, k, v, window=window, impl=impl, **tokens, **(options if impl == "pallas" else {})
+    )
   fwd = jax.jit(attend)
   fwd_bwd = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attend(q, k, v).astype(jnp.float32)), argnums=(0, 1, 2)))
   return {"fwd_ms": _median_seconds(fwd, q, k, v) * 1e3, "fwd+bwd_ms": _median_seconds(fwd_bwd, q, k, v) * 1e3}
@@ -80,14 +79,16 @@ def main(argv):
   del argv
   dev = jax.devices()[0]
   backend = kernel.resolve_backend("auto")
-  print(f"backend {jax.default_backend()} ({dev.device_kind}), pallas lowering {backend}, jax {jax.__version__}; "
-        f"batch {_BATCH.value}, median of {_RUNS.value} runs")
+  print(
+    f"backend {jax.default_backend()} ({dev.device_kind}), pallas lowering {backend}, jax {jax.__version__}; "
+    f"batch {_BATCH.value}, median of {_RUNS.value} runs"
+  )
   options = {}
   if _BLOCKS.value:
     options = {"block_q": int(_BLOCKS.value[0]), "block_k": int(_BLOCKS.value[1])}
   rows = []
   for preset in _PRESETS.value:
-    config = get_config(preset)
+    config = preset_config(preset)
     h, d, dtype = config.model.heads, config.model.head_dim, jnp.dtype(_DTYPE.value)
     window = config_lib.joint_window_frames(config)
     for length in (int(x) for x in _LENGTHS.value):
@@ -98,8 +99,14 @@ def main(argv):
       blocks = kernel.block_plan(q, k, window=window, backend=backend, **tokens, **options)
       group = []
       for impl in _IMPLS.value:
-        row = {"preset": preset, "heads x dim": f"{h}x{d}", "window": window, "L": length, "impl": impl,
-               **_cell(impl, q, k, v, tokens, window, options)}
+        row = {
+          "preset": preset,
+          "heads x dim": f"{h}x{d}",
+          "window": window,
+          "L": length,
+          "impl": impl,
+          **_cell(impl, q, k, v, tokens, window, options),
+        }
         pairs = _BATCH.value * length * length if impl == "cudnn_full" else allowed_pairs
         if impl == "pallas":
           row["blocks_visited"] = float(blocks.mean())
@@ -117,4 +124,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

@@ -1,6 +1,6 @@
 """Long form: mel generation for many chunks, and vocoding a long mel whole against in windows.
 
-  python benchmarks/long_form.py [--seconds=133] [--chars=2000] [--nfe=8] [--max_frames=150]
+  python -m benchmarks.long_form [--seconds=133] [--chars=2000] [--nfe=8] [--max_frames=150]
       [--vocoder=griffin_lim] [--workdir=DIR] [--rows=vocoder,tts]
 
 Each row runs in its own process, so `peak_rss_mb` is that row's own peak (`rss_before_mb`: before
@@ -22,13 +22,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from absl import flags
 
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from common import print_table  # noqa: E402  (benchmarks/common.py)
-
-from jamflow_jax.audio import mel, vocoder  # noqa: E402
+from benchmarks.common import preset_config, print_table, run
+from jamflow_jax.audio import mel, vocoder
 
 _SECONDS = flags.DEFINE_float("seconds", 133.0, "vocoder rows: seconds of mel (133 s: the tts rows' output)")
 _CHARS = flags.DEFINE_integer("chars", 2000, "tts rows: characters of text")
@@ -65,13 +63,20 @@ class _Timed:
 
   def stats(self, frames: int) -> dict:
     program = getattr(self.vocoder._fn, "func", self.vocoder._fn)  # Vocos binds its weights with a partial
-    return {"wall_s": self.seconds, "rtf": self.seconds / (frames / MEL_FPS), "programs": program._cache_size(),
-            "rss_before_mb": self.rss_before_mb, "peak_rss_mb": _peak_rss_mb()}
+    return {
+      "wall_s": self.seconds,
+      "rtf": self.seconds / (frames / MEL_FPS),
+      "programs": program._cache_size(),
+      "rss_before_mb": self.rss_before_mb,
+      "peak_rss_mb": _peak_rss_mb(),
+    }
 
 
 def _vocoder_row(mode: str) -> dict:
   voc = _Timed(mode)
-  log_mel = np.random.default_rng(0).normal(-5, 2, (int(round(_SECONDS.value * MEL_FPS)), mel.N_MELS)).astype(np.float32)
+  log_mel = (
+    np.random.default_rng(0).normal(-5, 2, (int(round(_SECONDS.value * MEL_FPS)), mel.N_MELS)).astype(np.float32)
+  )
   np.save(_OUT.value, voc(log_mel))
   return {"row": "vocoder", "mode": mode, "frames": log_mel.shape[0], **voc.stats(log_mel.shape[0])}
 
@@ -89,18 +94,20 @@ def _text(chars: int) -> str:
 def _tiny_workdir() -> str:
   if _WORKDIR.value:
     return _WORKDIR.value
-  from configs.base import get_config
+  from data_pipelines.synthetic import SyntheticBatches
   from jamflow_jax import train
+
   workdir = os.path.join(tempfile.mkdtemp(prefix="long_form_"), "work")
-  config = get_config("tiny")
+  config = preset_config("tiny")
   config.data.source = "synthetic"
   config.train.num_steps = config.checkpoint.every_steps = 2
-  train.train(config, workdir)
+  train.train(config, workdir, SyntheticBatches(config))
   return workdir
 
 
 def _tts_row(mode: str, workdir: str) -> dict:
   from jamflow_jax import generate
+
   config = generate.saved_config(workdir)
   config.sample.max_frames = _MAX_FRAMES.value
   voc = _Timed(mode)
@@ -109,14 +116,22 @@ def _tts_row(mode: str, workdir: str) -> dict:
   out = pipe.text_to_speech(_text(_CHARS.value), nfe=_NFE.value)
   generation = time.perf_counter() - start - voc.seconds  # every chunk's mel, then one vocoder call
   chunks = len(out.info["chunks"])
-  return {"row": "tts", "mode": mode, "frames": out.mel.shape[0], "chunks": chunks, "gen_s": generation,
-          "chunks_per_s": chunks / generation, "sampler_compiles": pipe.sampler._jit._cache_size(),
-          **voc.stats(out.mel.shape[0])}
+  return {
+    "row": "tts",
+    "mode": mode,
+    "frames": out.mel.shape[0],
+    "chunks": chunks,
+    "gen_s": generation,
+    "chunks_per_s": chunks / generation,
+    "sampler_compiles": pipe.sampler._jit._cache_size(),
+    **voc.stats(out.mel.shape[0]),
+  }
 
 
 def _subprocess_row(row: str, **flag_values) -> dict:
-  argv = [sys.executable, os.path.abspath(__file__), f"--row={row}"] + [
-      f"--{name}={getattr(flags.FLAGS, name)}" for name in ("seconds", "chars", "nfe", "max_frames", "vocoder")]
+  argv = [sys.executable, "-m", "benchmarks.long_form", f"--row={row}"] + [
+    f"--{name}={getattr(flags.FLAGS, name)}" for name in ("seconds", "chars", "nfe", "max_frames", "vocoder")
+  ]
   argv += [f"--{k}={v}" for k, v in flag_values.items()]
   done = subprocess.run(argv, capture_output=True, text=True, check=False)
   if done.returncode:
@@ -141,11 +156,13 @@ def main(argv):
   if "tts" in _ROWS.value:
     workdir = _tiny_workdir()
     rows += [_subprocess_row(f"tts:{mode}", workdir=workdir) for mode in MODES]
-  print(f"vocoder {_VOCODER.value}; vocoder rows: {_SECONDS.value:g} s of mel; tts rows: {_CHARS.value} "
-        f"characters, tiny preset, chunks of {_MAX_FRAMES.value} frames, NFE {_NFE.value}; wall_s and rtf: "
-        "the vocoder's (including its compile)")
+  print(
+    f"vocoder {_VOCODER.value}; vocoder rows: {_SECONDS.value:g} s of mel; tts rows: {_CHARS.value} "
+    f"characters, tiny preset, chunks of {_MAX_FRAMES.value} frames, NFE {_NFE.value}; wall_s and rtf: "
+    "the vocoder's (including its compile)"
+  )
   print_table(rows)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

@@ -1,7 +1,8 @@
 """Train-step benchmark: parameters, compiled memory per device, step time, examples/s and MFU.
 
-  python benchmarks/train_step.py --presets=tiny,demo [--steps=20] [--compile_only] [--set=model.remat_policy=full]
-  JAX_PLATFORMS=cpu python benchmarks/train_step.py --presets=base --topology=v5p:2x2x2  # needs jax[tpu]
+  python -m benchmarks.train_step --presets=tiny,demo [--steps=20] [--compile_only]
+      [--config=configs/base.py --config.model.remat_policy=full]
+  JAX_PLATFORMS=cpu python -m benchmarks.train_step --presets=base --topology=v5p:2x2x2  # needs jax[tpu]
 
 One row per preset, on whatever backend JAX finds (CPU, GPU, TPU), with the whole mesh over all
 local devices as configs/base.py sets it. Batches are the SYNTHETIC source (shapes and padding of the
@@ -9,44 +10,43 @@ data contract; the step does not care what the numbers mean). The parameter coun
 eval_shape (nothing allocated); memory from the compiled executable's memory analysis.
 """
 
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+from absl import flags
 
-import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
-from common import override, print_table  # noqa: E402  (benchmarks/common.py)
-
-from configs.base import get_config  # noqa: E402
-from data_pipelines.synthetic import SyntheticBatches  # noqa: E402
-from jamflow_jax import aot, config as config_lib, flops, model as model_lib  # noqa: E402
+from benchmarks.common import preset_config, print_table, run
+from data_pipelines.synthetic import SyntheticBatches
+from jamflow_jax import aot, config as config_lib, flops, model as model_lib
 
 _PRESETS = flags.DEFINE_list("presets", ["tiny", "demo"], "presets of configs/base.py to measure")
 _STEPS = flags.DEFINE_integer("steps", 20, "timed steps per preset (after 2 warm-up steps)")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "global batch size (0 = the preset's)")
 _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "report parameters and memory only")
 _TOPOLOGY = flags.DEFINE_string(
-    "topology", "", "compile ahead of time for a Cloud TPU topology instead of running, e.g. v5p:2x2x2 or v5p-64 "
-    "(needs `pip install jax[tpu]` at the installed jax version; run with JAX_PLATFORMS=cpu)")
-_SET = flags.DEFINE_multi_string("set", [], "config override a.b=value (Python literal), repeatable")
+  "topology",
+  "",
+  "compile ahead of time for a Cloud TPU topology instead of running, e.g. v5p:2x2x2 or v5p-64 "
+  "(needs `pip install jax[tpu]` at the installed jax version; run with JAX_PLATFORMS=cpu)",
+)
 
 
 def measure(preset: str) -> dict:
-  config = get_config(preset)
+  config = preset_config(preset)
   config.data.source = "synthetic"
   if _BATCH.value:
     config.train.batch_size = _BATCH.value
-  for assignment in _SET.value:
-    override(config, assignment)
   devices = aot.topology_devices(_TOPOLOGY.value) if _TOPOLOGY.value else jax.devices()
   config_lib.validate(config, len(devices))
   batch = SyntheticBatches(config).make_batch(0)
   trainer, compiled = aot.compile_train_step(config, devices, batch)
-  row = {"preset": preset, "params_M": model_lib.count_params(model_lib.abstract_params(config)) / 1e6,
-         "batch": config.train.batch_size, "mesh": compiled["mesh"]}
+  row = {
+    "preset": preset,
+    "params_M": model_lib.count_params(model_lib.abstract_params(config)) / 1e6,
+    "batch": config.train.batch_size,
+    "mesh": compiled["mesh"],
+  }
   row.update({k: compiled[k] for k in ("mem_GiB/dev", "args_GiB", "temp_GiB") if k in compiled})
   if _COMPILE_ONLY.value or _TOPOLOGY.value:
     return row
@@ -63,8 +63,14 @@ def measure(preset: str) -> dict:
   mel = config.data.max_mel_frames
   step_flops = flops.train_flops(config, mel, config_lib.motion_frames(config, mel)) * config.train.batch_size
   peak = flops.peak_flops_per_device(config) * len(devices)
-  row.update({"step_ms": step_s * 1e3, "examples/s": config.train.batch_size / step_s,
-              "TFLOP/s": step_flops / step_s / 1e12, "MFU": step_flops / step_s / peak if peak else float("nan")})
+  row.update(
+    {
+      "step_ms": step_s * 1e3,
+      "examples/s": config.train.batch_size / step_s,
+      "TFLOP/s": step_flops / step_s / 1e12,
+      "MFU": step_flops / step_s / peak if peak else float("nan"),
+    }
+  )
   return row
 
 
@@ -79,4 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  run(main)

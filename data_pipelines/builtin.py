@@ -16,8 +16,11 @@ from data_pipelines import shards, synth_corpus
 
 
 def cache_root(config: ml_collections.ConfigDict) -> str:
-  return (config.data.corpus.cache_dir or os.environ.get("JAMFLOW_CACHE")
-          or os.path.join(os.path.expanduser("~"), ".cache", "jamflow_jax"))
+  return (
+    config.data.corpus.cache_dir
+    or os.environ.get("JAMFLOW_CACHE")
+    or os.path.join(os.path.expanduser("~"), ".cache", "jamflow_jax")
+  )
 
 
 def corpus_dir(config: ml_collections.ConfigDict) -> str:
@@ -47,10 +50,14 @@ def ensure_corpus(config: ml_collections.ConfigDict) -> str:
       logging.warning("waiting for another process that is building the built-in corpus into %s", path)
       fcntl.flock(lock, fcntl.LOCK_EX)
     if not os.path.exists(done):
-      logging.warning("data.path is empty: building the built-in eSpeak corpus (%d utterances) into %s; "
-                      "this happens once", config.data.corpus.num_utterances, path)
-      synth_corpus.build_corpus(path, num_utterances=config.data.corpus.num_utterances,
-                                seed=config.data.corpus.seed, progress=True)
+      logging.warning(
+        "data.path is empty: building the built-in eSpeak corpus (%d utterances) into %s; this happens once",
+        config.data.corpus.num_utterances,
+        path,
+      )
+      synth_corpus.build_corpus(
+        path, num_utterances=config.data.corpus.num_utterances, seed=config.data.corpus.seed, progress=True
+      )
     # Safe while others still wait on it: whoever comes later finds the corpus before any lock.
     with contextlib.suppress(FileNotFoundError):
       os.unlink(path + ".lock")

@@ -46,14 +46,20 @@ class _EventId(ctypes.Union):
 
 
 class _Event(ctypes.Structure):
-  _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
-              ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
-              ("user_data", ctypes.c_void_p), ("id", _EventId)]
+  _fields_ = [
+    ("type", ctypes.c_int),
+    ("unique_identifier", ctypes.c_uint),
+    ("text_position", ctypes.c_int),
+    ("length", ctypes.c_int),
+    ("audio_position", ctypes.c_int),
+    ("sample", ctypes.c_int),
+    ("user_data", ctypes.c_void_p),
+    ("id", _EventId),
+  ]
 
 
 # int callback(short *wav, int numsamples, espeak_EVENT *events)
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
-                             ctypes.POINTER(_Event))
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,8 +169,16 @@ class _Session:
     lib.espeak_SetSynthCallback.restype = None
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-                                 ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+    lib.espeak_Synth.argtypes = [
+      ctypes.c_char_p,
+      ctypes.c_size_t,
+      ctypes.c_uint,
+      ctypes.c_int,
+      ctypes.c_uint,
+      ctypes.c_uint,
+      ctypes.c_void_p,
+      ctypes.c_void_p,
+    ]
     lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
     lib.espeak_Info.argtypes = [ctypes.c_void_p]
     lib.espeak_Info.restype = ctypes.c_char_p
@@ -191,8 +205,9 @@ class _Session:
     while events[i].type != _EVENT_LIST_TERMINATED:
       e = events[i]
       if e.type in (_EVENT_WORD, _EVENT_PHONEME):
-        self.events.append((e.type, e.audio_position, e.text_position, e.length,
-                            e.id.string if e.type == _EVENT_PHONEME else b""))
+        self.events.append(
+          (e.type, e.audio_position, e.text_position, e.length, e.id.string if e.type == _EVENT_PHONEME else b"")
+        )
       i += 1
     return 0  # continue
 

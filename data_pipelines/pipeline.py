@@ -28,10 +28,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from data_pipelines.shards import BadRecordError
+from data_pipelines import builtin, shards
 from jamflow_jax import text as text_lib
-from jamflow_jax.config import ConfigError
+from jamflow_jax.errors import BadRecordError, ConfigError
 from jamflow_jax.motion.spec import motion_frames_for
+from jamflow_jax.motion.stats import MotionStats
 
 _UNBOUNDED = 2**62  # "repeat forever": batch indices are never exhausted in practice
 
@@ -56,19 +57,20 @@ def bucket_lengths(lengths: np.ndarray, num_buckets: int, multiple: int, max_len
 class BatchPlan:
   """Which records form global batch i, and its padded length (same answer on every process)."""
 
-  lengths: np.ndarray      # [N] mel frames of every record of the source
-  batch_size: int          # global batch size
+  lengths: np.ndarray  # [N] mel frames of every record of the source
+  batch_size: int  # global batch size
   buckets: tuple[int, ...]  # padded lengths, ascending
   seed: int
-  sort_window: int = 32    # batches sorted together: larger -> less padding, less randomness
+  sort_window: int = 32  # batches sorted together: larger -> less padding, less randomness
   _epochs: dict = dataclasses.field(default_factory=dict, init=False, repr=False)  # the last epochs planned
 
   def __post_init__(self):
     if not self.eligible.size:
       raise ValueError(f"no record is at most {self.buckets[-1]} mel frames long")
     if self.eligible.size < self.batch_size:
-      raise ValueError(f"{self.eligible.size} records within {self.buckets[-1]} mel frames cannot fill "
-                       f"one batch of {self.batch_size}")
+      raise ValueError(
+        f"{self.eligible.size} records within {self.buckets[-1]} mel frames cannot fill one batch of {self.batch_size}"
+      )
 
   @functools.cached_property
   def eligible(self) -> np.ndarray:
@@ -101,7 +103,7 @@ class BatchPlan:
     window = self.batch_size * self.sort_window
     batches = []
     for start in range(0, order.size, window):
-      chunk = order[start:start + window]
+      chunk = order[start : start + window]
       chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
       usable = chunk.size // self.batch_size * self.batch_size
       batches.append(chunk[:usable].reshape(-1, self.batch_size))
@@ -127,17 +129,27 @@ class BatchLoader:
   `rows`: the positions within each global batch that this process loads (default: all of them).
   """
 
-  def __init__(self, source: RecordSource, plan: BatchPlan, motion_mean: np.ndarray, motion_std: np.ndarray,
-               *, rows: np.ndarray | None = None, on_bad: str = "fail",
-               sample_rate: int = 24000, hop_length: int = 256, motion_fps: float = 25.0,
-               tokenizer: text_lib.Tokenizer = text_lib.Latin1Tokenizer()):
+  def __init__(
+    self,
+    source: RecordSource,
+    plan: BatchPlan,
+    stats: MotionStats,
+    *,
+    rows: np.ndarray | None = None,
+    on_bad: str = "fail",
+    sample_rate: int = 24000,
+    hop_length: int = 256,
+    motion_fps: float = 25.0,
+    tokenizer: text_lib.Tokenizer = text_lib.Latin1Tokenizer(),
+  ):
     self.rows = np.arange(plan.batch_size) if rows is None else np.asarray(rows, np.int64)
     if not self.rows.size or self.rows.min() < 0 or self.rows.max() >= plan.batch_size:
       raise ValueError(f"rows {self.rows.tolist()} are not positions in a global batch of {plan.batch_size}")
     self.source, self.plan, self.on_bad, self.tokenizer = source, plan, on_bad, tokenizer
-    self.mean, self.std = np.asarray(motion_mean, np.float32), np.asarray(motion_std, np.float32)
-    self.frames = functools.partial(motion_frames_for, motion_fps=motion_fps, sample_rate=sample_rate,
-                                    hop_length=hop_length)
+    self.stats = stats
+    self.frames = functools.partial(
+      motion_frames_for, motion_fps=motion_fps, sample_rate=sample_rate, hop_length=hop_length
+    )
     self.skipped, self._lock = 0, threading.Lock()
 
   def __getstate__(self) -> dict:  # grain worker processes receive a pickled copy (without the lock)
@@ -179,17 +191,19 @@ class BatchLoader:
     _, length = self.plan.batch(index)
     records = self.records(index)
     b, motion_len = len(records), self.frames(length)
-    dim = self.mean.shape[0]
-    batch = {"mel": np.zeros((b, length, records[0]["mel"].shape[1]), np.float32),
-             "mel_valid": np.zeros((b, length), bool),
-             "motion": np.zeros((b, motion_len, dim), np.float32),
-             "motion_valid": np.zeros((b, motion_len), bool),
-             "text": np.zeros((b, length), np.int32)}
+    dim = self.stats.mean.shape[0]
+    batch = {
+      "mel": np.zeros((b, length, records[0]["mel"].shape[1]), np.float32),
+      "mel_valid": np.zeros((b, length), bool),
+      "motion": np.zeros((b, motion_len, dim), np.float32),
+      "motion_valid": np.zeros((b, motion_len), bool),
+      "text": np.zeros((b, length), np.int32),
+    }
     for row, record in enumerate(records):
       ta, tm = record["mel"].shape[0], record["motion"].shape[0]
       batch["mel"][row, :ta] = record["mel"]
       batch["mel_valid"][row, :ta] = True
-      batch["motion"][row, :tm] = (record["motion"] - self.mean) / self.std
+      batch["motion"][row, :tm] = self.stats.normalise(record["motion"])
       batch["motion_valid"][row, :tm] = True
       batch["text"][row] = text_lib.pad_to(record["ids"], length, where=record["id"])
     return batch
@@ -201,11 +215,15 @@ class DataIterator:
   `motion` describes the motion normalisation (parts, fps, mean, std) for whoever un-normalises.
   """
 
-  def __init__(self, loader: BatchLoader, motion: dict, *, num_threads: int = 2, prefetch: int = 4,
-               worker_processes: int = 0):
+  def __init__(
+    self, loader: BatchLoader, motion: dict, *, num_threads: int = 2, prefetch: int = 4, worker_processes: int = 0
+  ):
     self.loader, self.motion = loader, motion
-    dataset = grain.MapDataset.range(_UNBOUNDED).map(loader).to_iter_dataset(
-        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+    dataset = (
+      grain.MapDataset.range(_UNBOUNDED)
+      .map(loader)
+      .to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+    )
     if worker_processes:
       dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_processes))
     self._iterator = iter(dataset)
@@ -222,9 +240,11 @@ class DataIterator:
   def set_state(self, state: dict) -> None:
     """Resumes at a saved position; one saved for another batch plan restarts the data, with a warning."""
     if state.get("plan") != self.loader.plan.fingerprint:
-      logging.warning("the checkpoint's data position belongs to another batch stream (corpus, data.* "
-                      "bucketing, train.batch_size or train.seed changed, or another source): the data "
-                      "restarts from the first batch of the current plan")
+      logging.warning(
+        "the checkpoint's data position belongs to another batch stream (corpus, data.* "
+        "bucketing, train.batch_size or train.seed changed, or another source): the data "
+        "restarts from the first batch of the current plan"
+      )
       return
     self._iterator.set_state(state["grain"])
 
@@ -237,14 +257,14 @@ def open_source(config: ml_collections.ConfigDict) -> tuple[RecordSource, dict]:
   """
   d = config.data
   if d.source == "tfds":
-    from data_pipelines import tfds_builder
+    from data_pipelines import tfds_builder  # imports TensorFlow (seconds): only for TFDS corpora
+
     try:
       source = tfds_builder.TfdsSplit(d.tfds_name, d.path, d.split)
     except (FileNotFoundError, KeyError) as e:
       raise ConfigError(f"data.source=tfds, data.path={d.path!r}, data.split={d.split!r}: {e}") from None
     motion, audio = source.motion, source.audio
   else:
-    from data_pipelines import builtin, shards
     try:
       corpus = shards.Corpus(d.path or builtin.ensure_corpus(config))
     except FileNotFoundError as e:
@@ -253,20 +273,24 @@ def open_source(config: ml_collections.ConfigDict) -> tuple[RecordSource, dict]:
       raise ConfigError(f"data.split={d.split!r}: {corpus.directory} has splits {', '.join(corpus.splits)}")
     source, motion = corpus.split(d.split, on_bad=d.on_bad_record), corpus.metadata["motion"]
     audio = corpus.metadata["audio"]
-  for key, have, want in (("data.sample_rate", audio["sample_rate"], d.sample_rate),
-                          ("data.hop_length", audio["hop_length"], d.hop_length),
-                          ("data.motion_fps", motion["fps"], d.motion_fps)):
+  for key, have, want in (
+    ("data.sample_rate", audio["sample_rate"], d.sample_rate),
+    ("data.hop_length", audio["hop_length"], d.hop_length),
+    ("data.motion_fps", motion["fps"], d.motion_fps),
+  ):
     if have != want:  # lengths and the shared RoPE clock are derived from these
       raise ConfigError(f"{key}={want} but the data was made with {have}")
   dim = sum(size for _, size in motion["parts"])
   if dim != config.model.motion_dim:
-    raise ConfigError(f"model.motion_dim={config.model.motion_dim} but the data's motion frames have {dim} "
-                      f"dims ({motion['parts']})")
+    raise ConfigError(
+      f"model.motion_dim={config.model.motion_dim} but the data's motion frames have {dim} dims ({motion['parts']})"
+    )
   return source, motion
 
 
-def make_iterator(source: RecordSource, motion: dict, config: ml_collections.ConfigDict, *,
-                  rows: np.ndarray | None = None) -> DataIterator:
+def make_iterator(
+  source: RecordSource, motion: dict, config: ml_collections.ConfigDict, *, rows: np.ndarray | None = None
+) -> DataIterator:
   """The training iterator over `source` with `config.data` / `config.train` settings; logs the padding.
 
   `motion` is the corpus' motion description (its "mean"/"std" normalise the motion); `rows` the
@@ -278,19 +302,39 @@ def make_iterator(source: RecordSource, motion: dict, config: ml_collections.Con
   usable = source.lengths[source.lengths <= d.max_mel_frames]
   batch = config.train.batch_size
   if usable.size < batch:
-    fix = (f"set --config.train.batch_size={len(source)} or less" if len(source) < batch else
-           f"set --config.data.max_mel_frames={int(np.sort(source.lengths)[batch - 1])} or more "
-           f"({int(source.lengths.max())} keeps every record)")
-    raise ConfigError(f"{usable.size} of {len(source)} records are at most data.max_mel_frames="
-                      f"{d.max_mel_frames} mel frames long (shortest {int(source.lengths.min())}); "
-                      f"train.batch_size={batch} needs at least that many: {fix}")
+    fix = (
+      f"set --config.train.batch_size={len(source)} or less"
+      if len(source) < batch
+      else f"set --config.data.max_mel_frames={int(np.sort(source.lengths)[batch - 1])} or more "
+      f"({int(source.lengths.max())} keeps every record)"
+    )
+    raise ConfigError(
+      f"{usable.size} of {len(source)} records are at most data.max_mel_frames="
+      f"{d.max_mel_frames} mel frames long (shortest {int(source.lengths.min())}); "
+      f"train.batch_size={batch} needs at least that many: {fix}"
+    )
   buckets = bucket_lengths(usable, d.num_buckets, d.bucket_multiple, d.max_mel_frames)
   plan = BatchPlan(source.lengths, config.train.batch_size, buckets, config.train.seed, d.sort_window)
-  logging.info("data: %d records, %d longer than %d mel frames left out; buckets %s; %d batches per epoch; "
-               "padding %.1f%%", len(source), len(source) - plan.eligible.size, d.max_mel_frames, buckets,
-               plan.batches_per_epoch, 100 * plan.padding_fraction())
-  loader = BatchLoader(source, plan, motion["mean"], motion["std"], rows=rows,
-                       on_bad=d.on_bad_record, sample_rate=d.sample_rate,
-                       hop_length=d.hop_length, motion_fps=d.motion_fps, tokenizer=text_lib.tokenizer(config))
-  return DataIterator(loader, motion, num_threads=d.num_threads, prefetch=d.prefetch,
-                      worker_processes=d.worker_processes)
+  logging.info(
+    "data: %d records, %d longer than %d mel frames left out; buckets %s; %d batches per epoch; padding %.1f%%",
+    len(source),
+    len(source) - plan.eligible.size,
+    d.max_mel_frames,
+    buckets,
+    plan.batches_per_epoch,
+    100 * plan.padding_fraction(),
+  )
+  loader = BatchLoader(
+    source,
+    plan,
+    MotionStats.from_json(motion, config.model.motion_dim),
+    rows=rows,
+    on_bad=d.on_bad_record,
+    sample_rate=d.sample_rate,
+    hop_length=d.hop_length,
+    motion_fps=d.motion_fps,
+    tokenizer=text_lib.tokenizer(config),
+  )
+  return DataIterator(
+    loader, motion, num_threads=d.num_threads, prefetch=d.prefetch, worker_processes=d.worker_processes
+  )

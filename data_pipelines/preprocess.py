@@ -14,7 +14,7 @@ Inputs, matched by utterance id:
                             is reported as a duplicate.
   MOTION/<id>.npz or MOTION/<id>/tracked_flame_params.npz (the first wins if both exist):
                             one utterance of FLAME tracking, in one of the formats of
-                            data_pipelines/trackers.py (our layout `motion` [T, 61]; VHAP /
+                            jamflow_jax/motion/trackers.py (our layout `motion` [T, 61]; VHAP /
                             GaussianAvatars; EMOCA / DECA / SPECTRE / SMIRK keys stacked over frames),
                             detected by its keys unless --motion_format names one.
   transcript                --transcripts TSV lines `id<TAB>text` (UTF-8; blank lines skipped),
@@ -56,10 +56,10 @@ import numpy as np
 import tqdm
 from absl import app, flags
 
-from data_pipelines import shards, trackers
+from data_pipelines import shards
 from jamflow_jax import text as text_lib
-from jamflow_jax.audio import mel as mel_lib
-from jamflow_jax.audio import wav as wav_lib
+from jamflow_jax.audio import mel as mel_lib, wav as wav_lib
+from jamflow_jax.motion import trackers
 from jamflow_jax.motion.spec import MOTION_SPEC, motion_frames_for
 
 AUDIO_EXTENSIONS = (".flac", ".wav")
@@ -155,7 +155,7 @@ def speaker_of(uid: str, rule: str) -> str | None:
   if rule == "from_dir":
     return uid.split("/", 1)[0] if "/" in uid else None
   if rule.startswith("from_prefix:"):
-    sep, name = rule[len("from_prefix:"):], uid.rsplit("/", 1)[-1]
+    sep, name = rule[len("from_prefix:") :], uid.rsplit("/", 1)[-1]
     if not sep:
       raise ValueError("--speaker=from_prefix:SEP needs a separator, e.g. from_prefix:_")
     return name.split(sep, 1)[0] if sep in name and name.split(sep, 1)[0] else None
@@ -178,9 +178,12 @@ def reconcile_length(motion: np.ndarray, target: int) -> tuple[np.ndarray, int]:
   tolerance = max(2, math.ceil(0.04 * target))
   if abs(diff) > tolerance:
     fps = MOTION_SPEC.fps
-    raise Skip(LENGTH_MISMATCH, f"motion lasts {motion.shape[0] / fps:.2f} s ({motion.shape[0]} frames at "
-                                f"{fps:g} fps) but the audio needs {target} frames ({target / fps:.2f} s); "
-                                f"at most {tolerance} frames of difference are adjusted")
+    raise Skip(
+      LENGTH_MISMATCH,
+      f"motion lasts {motion.shape[0] / fps:.2f} s ({motion.shape[0]} frames at "
+      f"{fps:g} fps) but the audio needs {target} frames ({target / fps:.2f} s); "
+      f"at most {tolerance} frames of difference are adjusted",
+    )
   if diff > 0:
     return motion[:target], diff
   return np.pad(motion, ((0, -diff), (0, 0)), mode="edge"), diff
@@ -189,8 +192,17 @@ def reconcile_length(motion: np.ndarray, target: int) -> tuple[np.ndarray, int]:
 class _Builder:
   """Turns one id into a record (or a Skip); counts formats, frame rates and notes of the records built."""
 
-  def __init__(self, audio: dict[str, str], motion: dict[str, str], tsv: dict[str, str], *,
-               motion_format: str, motion_fps: float | None, speaker: str, min_duration_s: float):
+  def __init__(
+    self,
+    audio: dict[str, str],
+    motion: dict[str, str],
+    tsv: dict[str, str],
+    *,
+    motion_format: str,
+    motion_fps: float | None,
+    speaker: str,
+    min_duration_s: float,
+  ):
     self.audio, self.motion, self.tsv = audio, motion, tsv
     self.motion_format, self.motion_fps = motion_format, motion_fps
     self.speaker, self.min_duration_s = speaker, min_duration_s
@@ -214,8 +226,11 @@ class _Builder:
     """uid -> record dict of the shard schema; raises Skip."""
     speaker = speaker_of(uid, self.speaker)
     if speaker is None:
-      raise Skip(NO_SPEAKER, f"--speaker={self.speaker} finds no speaker in {uid!r}; "
-                             "give --speaker=from_prefix:SEP or a fixed --speaker=NAME")
+      raise Skip(
+        NO_SPEAKER,
+        f"--speaker={self.speaker} finds no speaker in {uid!r}; "
+        "give --speaker=from_prefix:SEP or a fixed --speaker=NAME",
+      )
     text = text_lib.normalize(self.transcript(uid))
     try:
       ids = text_lib.encode(text, where=uid)
@@ -233,8 +248,7 @@ class _Builder:
       raise Skip(TOO_SHORT, f"{seconds:.3f} s of audio, less than {self.min_duration_s} s")
     mel = mel_lib.log_mel(wav)
     if ids.shape[0] > mel.shape[0]:
-      raise Skip(TEXT_LONGER_THAN_AUDIO, f"{ids.shape[0]} characters for {mel.shape[0]} mel frames "
-                                         f"({seconds:.2f} s)")
+      raise Skip(TEXT_LONGER_THAN_AUDIO, f"{ids.shape[0]} characters for {mel.shape[0]} mel frames ({seconds:.2f} s)")
     try:
       motion, track = trackers.load_motion(self.motion[uid], self.motion_format, self.motion_fps)
     except trackers.MissingFrameRateError:
@@ -250,10 +264,22 @@ class _Builder:
     return {"id": uid, "speaker": speaker, "text": text, "mel": mel, "motion": motion}
 
 
-def preprocess(out: str, audio_dir: str, motion_dir: str, *, transcripts: str | None = None,
-               motion_format: str = "auto", motion_fps: float | None = None, speaker: str = "from_dir",
-               split_by: str = "utterance", validation_fraction: float = 0.05, seed: int = 0,
-               records_per_shard: int = 256, min_duration_s: float = 0.5, progress: bool = True) -> dict:
+def preprocess(
+  out: str,
+  audio_dir: str,
+  motion_dir: str,
+  *,
+  transcripts: str | None = None,
+  motion_format: str = "auto",
+  motion_fps: float | None = None,
+  speaker: str = "from_dir",
+  split_by: str = "utterance",
+  validation_fraction: float = 0.05,
+  seed: int = 0,
+  records_per_shard: int = 256,
+  min_duration_s: float = 0.5,
+  progress: bool = True,
+) -> dict:
   """Writes the corpus to `out` (see the module docstring) and returns the report it also saves there."""
   for name, path in (("audio_dir", audio_dir), ("motion_dir", motion_dir)):
     if not os.path.isdir(path):
@@ -270,30 +296,55 @@ def preprocess(out: str, audio_dir: str, motion_dir: str, *, transcripts: str | 
     raise ValueError(f"--validation_fraction={validation_fraction} must be in [0, 1)")
   if os.path.exists(out) and not os.path.isdir(out):
     raise ValueError(f"--out={out} is a file; give an empty or new directory")
-  if os.path.isdir(out) and any(n == shards.METADATA_FILE or n.endswith(".array_record")
-                                for n in os.listdir(out)):
+  if os.path.isdir(out) and any(n == shards.METADATA_FILE or n.endswith(".array_record") for n in os.listdir(out)):
     raise ValueError(f"--out={out} already holds a corpus; give an empty or new directory")
   speaker_of("x", speaker)  # validates the rule up front
 
   audio, duplicates = find_audio(audio_dir)
   motion = find_motion(motion_dir)
   tsv = read_transcript_tsv(transcripts) if transcripts else {}
-  builder = _Builder(audio, motion, tsv, motion_format=motion_format, motion_fps=motion_fps, speaker=speaker,
-                     min_duration_s=min_duration_s)
-  problems = [{"id": uid, "reason": DUPLICATE_ID, "detail": f"{path} repeats the id of {audio[uid]}"}
-              for uid, path in duplicates]
-  problems += [{"id": uid, "reason": MISSING_AUDIO, "detail": f"{motion[uid]} has no .wav/.flac in the audio "
-                "directory"} for uid in sorted(set(motion) - set(audio))]
-  settings = {"audio_dir": os.path.abspath(audio_dir), "motion_dir": os.path.abspath(motion_dir),
-              "transcripts": os.path.abspath(transcripts) if transcripts else None,
-              "motion_format": motion_format, "motion_fps": motion_fps, "speaker": speaker,
-              "split_by": split_by, "validation_fraction": validation_fraction, "seed": seed,
-              "min_duration_s": min_duration_s}
+  builder = _Builder(
+    audio,
+    motion,
+    tsv,
+    motion_format=motion_format,
+    motion_fps=motion_fps,
+    speaker=speaker,
+    min_duration_s=min_duration_s,
+  )
+  problems = [
+    {"id": uid, "reason": DUPLICATE_ID, "detail": f"{path} repeats the id of {audio[uid]}"} for uid, path in duplicates
+  ]
+  problems += [
+    {"id": uid, "reason": MISSING_AUDIO, "detail": f"{motion[uid]} has no .wav/.flac in the audio directory"}
+    for uid in sorted(set(motion) - set(audio))
+  ]
+  settings = {
+    "audio_dir": os.path.abspath(audio_dir),
+    "motion_dir": os.path.abspath(motion_dir),
+    "transcripts": os.path.abspath(transcripts) if transcripts else None,
+    "motion_format": motion_format,
+    "motion_fps": motion_fps,
+    "speaker": speaker,
+    "split_by": split_by,
+    "validation_fraction": validation_fraction,
+    "seed": seed,
+    "min_duration_s": min_duration_s,
+  }
   try:
-    report = _write(out, builder, sorted(audio), problems, settings, found=len(set(audio) | set(motion)),
-                    split_by=split_by, seed=seed,
-                    validation_fraction=validation_fraction, records_per_shard=records_per_shard,
-                    progress=progress)
+    report = _write(
+      out,
+      builder,
+      sorted(audio),
+      problems,
+      settings,
+      found=len(set(audio) | set(motion)),
+      split_by=split_by,
+      seed=seed,
+      validation_fraction=validation_fraction,
+      records_per_shard=records_per_shard,
+      progress=progress,
+    )
   except BaseException:
     # No half corpus is left behind (the report stays): the same command can simply be run again.
     for name in os.listdir(out) if os.path.isdir(out) else ():
@@ -303,8 +354,20 @@ def preprocess(out: str, audio_dir: str, motion_dir: str, *, transcripts: str | 
   return report
 
 
-def _write(out: str, builder: "_Builder", ids: list[str], problems: list[dict], settings: dict, *, found: int,
-           split_by: str, seed: int, validation_fraction: float, records_per_shard: int, progress: bool) -> dict:
+def _write(
+  out: str,
+  builder: "_Builder",
+  ids: list[str],
+  problems: list[dict],
+  settings: dict,
+  *,
+  found: int,
+  split_by: str,
+  seed: int,
+  validation_fraction: float,
+  records_per_shard: int,
+  progress: bool,
+) -> dict:
   """Builds and writes every utterance of `ids`, appending what is skipped to `problems`; -> the report."""
   written = collections.Counter()
   # CorpusWriter stores this dict under "source" when it closes; the counts are added before that.
@@ -328,10 +391,14 @@ def _write(out: str, builder: "_Builder", ids: list[str], problems: list[dict], 
         except Exception as e:  # noqa: BLE001  (one odd file must not end a long run)
           problems.append({"id": uid, "reason": UNEXPECTED, "detail": f"{type(e).__name__}: {e}"})
     finally:  # the report is written however the loop ends
-      report = {"utterances_found": found, "written": dict(sorted(written.items())),
-                "skipped": dict(sorted(collections.Counter(p["reason"] for p in problems).items())),
-                "motion_formats": dict(builder.formats), "motion_source_fps": dict(builder.source_fps),
-                "notes": dict(builder.notes.most_common())}
+      report = {
+        "utterances_found": found,
+        "written": dict(sorted(written.items())),
+        "skipped": dict(sorted(collections.Counter(p["reason"] for p in problems).items())),
+        "motion_formats": dict(builder.formats),
+        "motion_source_fps": dict(builder.source_fps),
+        "notes": dict(builder.notes.most_common()),
+      }
       source.update(report)
       with open(os.path.join(out, REPORT_FILE), "w") as f:
         json.dump({**report, "settings": settings, "problems": problems}, f, indent=1)
@@ -342,8 +409,10 @@ def _write(out: str, builder: "_Builder", ids: list[str], problems: list[dict], 
 
 def summary(report: dict, out: str) -> str:
   """A few lines for stdout: what was written, and skip counts by reason."""
-  lines = [f"{report['utterances_found']} utterance ids found (audio or motion); written: "
-           + (", ".join(f"{split} {n}" for split, n in report["written"].items()) or "none")]
+  lines = [
+    f"{report['utterances_found']} utterance ids found (audio or motion); written: "
+    + (", ".join(f"{split} {n}" for split, n in report["written"].items()) or "none")
+  ]
   for reason, n in sorted(report["skipped"].items(), key=lambda kv: -kv[1]):
     lines.append(f"  skipped {n:6d}  {reason}")
   for note, n in report["notes"].items():
@@ -352,22 +421,29 @@ def summary(report: dict, out: str) -> str:
   return "\n".join(lines)
 
 
-_OUT = flags.DEFINE_string("out", None, "corpus directory to create (shards, corpus.json, "
-                           "preprocess_report.json)")
-_AUDIO_DIR = flags.DEFINE_string("audio_dir", None, "root of <id>.wav / <id>.flac (and <id>.txt / .lab "
-                                 "transcripts)")
+_OUT = flags.DEFINE_string("out", None, "corpus directory to create (shards, corpus.json, preprocess_report.json)")
+_AUDIO_DIR = flags.DEFINE_string("audio_dir", None, "root of <id>.wav / <id>.flac (and <id>.txt / .lab transcripts)")
 _MOTION_DIR = flags.DEFINE_string("motion_dir", None, "root of <id>.npz or <id>/tracked_flame_params.npz")
-_TRANSCRIPTS = flags.DEFINE_string("transcripts", None, "optional TSV of `id<TAB>text`; wins over sidecar "
-                                   "files")
-_MOTION_FORMAT = flags.DEFINE_enum("motion_format", "auto", list(trackers.FORMATS),
-                                   "tracker format of the motion files; auto detects each file by its keys")
-_MOTION_FPS = flags.DEFINE_float("motion_fps", None, "frame rate of tracks that store none (required for "
-                                 "VHAP, EMOCA, SPECTRE, SMIRK outputs)")
+_TRANSCRIPTS = flags.DEFINE_string("transcripts", None, "optional TSV of `id<TAB>text`; wins over sidecar files")
+_MOTION_FORMAT = flags.DEFINE_enum(
+  "motion_format",
+  "auto",
+  list(trackers.FORMATS),
+  "tracker format of the motion files; auto detects each file by its keys",
+)
+_MOTION_FPS = flags.DEFINE_float(
+  "motion_fps", None, "frame rate of tracks that store none (required for VHAP, EMOCA, SPECTRE, SMIRK outputs)"
+)
 _SPEAKER = flags.DEFINE_string("speaker", "from_dir", "from_dir | from_prefix:SEP | a fixed speaker NAME")
-_SPLIT_BY = flags.DEFINE_enum("split_by", "utterance", ["utterance", "speaker"],
-                              "hash utterance ids, or speakers (validation speakers unseen in training)")
-_VALIDATION_FRACTION = flags.DEFINE_float("validation_fraction", 0.05, "share of utterances (or speakers) "
-                                          "in the validation split")
+_SPLIT_BY = flags.DEFINE_enum(
+  "split_by",
+  "utterance",
+  ["utterance", "speaker"],
+  "hash utterance ids, or speakers (validation speakers unseen in training)",
+)
+_VALIDATION_FRACTION = flags.DEFINE_float(
+  "validation_fraction", 0.05, "share of utterances (or speakers) in the validation split"
+)
 _SEED = flags.DEFINE_integer("seed", 0, "salt of the split hash")
 _RECORDS_PER_SHARD = flags.DEFINE_integer("records_per_shard", 256, "records per ArrayRecord shard")
 _MIN_DURATION_S = flags.DEFINE_float("min_duration_s", 0.5, "shorter clips are skipped and reported")
@@ -378,10 +454,19 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     report = preprocess(
-        _OUT.value, _AUDIO_DIR.value, _MOTION_DIR.value, transcripts=_TRANSCRIPTS.value,
-        motion_format=_MOTION_FORMAT.value, motion_fps=_MOTION_FPS.value, speaker=_SPEAKER.value,
-        split_by=_SPLIT_BY.value, validation_fraction=_VALIDATION_FRACTION.value, seed=_SEED.value,
-        records_per_shard=_RECORDS_PER_SHARD.value, min_duration_s=_MIN_DURATION_S.value)
+      _OUT.value,
+      _AUDIO_DIR.value,
+      _MOTION_DIR.value,
+      transcripts=_TRANSCRIPTS.value,
+      motion_format=_MOTION_FORMAT.value,
+      motion_fps=_MOTION_FPS.value,
+      speaker=_SPEAKER.value,
+      split_by=_SPLIT_BY.value,
+      validation_fraction=_VALIDATION_FRACTION.value,
+      seed=_SEED.value,
+      records_per_shard=_RECORDS_PER_SHARD.value,
+      min_duration_s=_MIN_DURATION_S.value,
+    )
   except ValueError as e:  # bad flags or inputs, a track without a frame rate, nothing written
     sys.exit(f"preprocess: {e}")
   print(summary(report, _OUT.value))

@@ -23,13 +23,13 @@ import zlib
 from collections.abc import Iterator
 from typing import Self
 
-from absl import logging
-
 import numpy as np
+from absl import logging
 from array_record.python import array_record_data_source, array_record_module
 
 from jamflow_jax import text as text_lib
 from jamflow_jax.audio import mel as mel_lib
+from jamflow_jax.errors import BadRecordError
 from jamflow_jax.motion.spec import MOTION_SPEC, MotionSpec, motion_frames_for
 
 MAGIC = b"JAMR"
@@ -40,10 +40,6 @@ STD_FLOOR = 1e-3  # a constant motion dimension normalises to 0 instead of divid
 _PREFIX = struct.Struct("<4sB3xI")
 _ARRAYS = (("mel", np.float16), ("motion", np.float32))
 STRINGS = ("id", "speaker", "text")  # the string fields of a record
-
-
-class BadRecordError(ValueError):
-  """A record that must not reach the model; the message names the file, record and reason."""
 
 
 class BadShardError(BadRecordError):
@@ -63,8 +59,7 @@ def validate(record: dict, spec: MotionSpec = MOTION_SPEC) -> None:
   for key, dtype in _ARRAYS:
     value = record[key]
     if not isinstance(value, np.ndarray) or value.dtype != dtype:
-      raise ValueError(f"{key} dtype {getattr(value, 'dtype', type(value).__name__)}, expected "
-                       f"{np.dtype(dtype).name}")
+      raise ValueError(f"{key} dtype {getattr(value, 'dtype', type(value).__name__)}, expected {np.dtype(dtype).name}")
     if value.ndim != 2 or value.shape[0] == 0:
       raise ValueError(f"{key} shape {value.shape}, expected [frames > 0, dims]")
     if not np.all(np.isfinite(value)):
@@ -93,8 +88,13 @@ def serialize(record: dict, spec: MotionSpec = MOTION_SPEC) -> bytes:
   header = {k: record[k] for k in STRINGS}
   header["arrays"] = {k: {"dtype": np.dtype(d).name, "shape": list(record[k].shape)} for k, d in _ARRAYS}
   header_bytes = json.dumps(header, sort_keys=True, ensure_ascii=False).encode("utf-8")
-  body = b"".join([_PREFIX.pack(MAGIC, VERSION, len(header_bytes)), header_bytes,
-                   *(record[k].astype(np.dtype(d).newbyteorder("<")).tobytes() for k, d in _ARRAYS)])
+  body = b"".join(
+    [
+      _PREFIX.pack(MAGIC, VERSION, len(header_bytes)),
+      header_bytes,
+      *(record[k].astype(np.dtype(d).newbyteorder("<")).tobytes() for k, d in _ARRAYS),
+    ]
+  )
   return body + struct.pack("<I", zlib.crc32(body))
 
 
@@ -109,7 +109,7 @@ def deserialize(data: bytes, spec: MotionSpec = MOTION_SPEC) -> dict:
   if magic != MAGIC or version != VERSION:
     raise ValueError(f"not a jamflow record (magic {magic!r}, version {version})")
   try:
-    header = json.loads(body[_PREFIX.size:_PREFIX.size + header_len].decode("utf-8"))
+    header = json.loads(body[_PREFIX.size : _PREFIX.size + header_len].decode("utf-8"))
     record, offset = {k: header[k] for k in STRINGS}, _PREFIX.size + header_len
     for key, dtype in _ARRAYS:
       info = header["arrays"][key]
@@ -171,8 +171,14 @@ class CorpusWriter:
   Deterministic: the same sequence of `add` calls gives byte-identical files.
   """
 
-  def __init__(self, out_dir: str | os.PathLike, *, records_per_shard: int = 256,
-               motion_spec: MotionSpec = MOTION_SPEC, metadata: dict | None = None):
+  def __init__(
+    self,
+    out_dir: str | os.PathLike,
+    *,
+    records_per_shard: int = 256,
+    motion_spec: MotionSpec = MOTION_SPEC,
+    metadata: dict | None = None,
+  ):
     self.out_dir = os.fspath(out_dir)
     os.makedirs(self.out_dir, exist_ok=True)
     self.records_per_shard, self.spec, self.metadata = records_per_shard, motion_spec, metadata or {}
@@ -206,8 +212,7 @@ class CorpusWriter:
       if split in self._writers:
         self._writers[split].close()
       name = f"{split}-{len(shards):05d}.array_record"
-      self._writers[split] = array_record_module.ArrayRecordWriter(
-          os.path.join(self.out_dir, name), "group_size:1")
+      self._writers[split] = array_record_module.ArrayRecordWriter(os.path.join(self.out_dir, name), "group_size:1")
       shards.append({"file": name, "num_records": 0, "mel_frames": []})
     self._writers[split].write(data)
     shards[-1]["num_records"] += 1
@@ -227,15 +232,27 @@ class CorpusWriter:
     mean, std = self._moments.mean_std()
     seconds_per_frame = mel_lib.HOP_LENGTH / mel_lib.SAMPLE_RATE
     metadata = {
-        "format": FORMAT, "version": VERSION,
-        "audio": {"sample_rate": mel_lib.SAMPLE_RATE, "n_fft": mel_lib.N_FFT, "win_length": mel_lib.WIN_LENGTH,
-                  "hop_length": mel_lib.HOP_LENGTH, "n_mels": mel_lib.N_MELS, "mel": "F5-TTS vocos log mel"},
-        "motion": {**self.spec.to_json(), "mean": mean.tolist(), "std": std.tolist()},
-        "splits": {split: {"num_records": sum(s["num_records"] for s in shards),
-                           "hours": sum(sum(s["mel_frames"]) for s in shards) * seconds_per_frame / 3600,
-                           "num_speakers": len(self._speakers[split]), "shards": shards}
-                   for split, shards in sorted(self._shards.items())},
-        "source": self.metadata,
+      "format": FORMAT,
+      "version": VERSION,
+      "audio": {
+        "sample_rate": mel_lib.SAMPLE_RATE,
+        "n_fft": mel_lib.N_FFT,
+        "win_length": mel_lib.WIN_LENGTH,
+        "hop_length": mel_lib.HOP_LENGTH,
+        "n_mels": mel_lib.N_MELS,
+        "mel": "F5-TTS vocos log mel",
+      },
+      "motion": {**self.spec.to_json(), "mean": mean.tolist(), "std": std.tolist()},
+      "splits": {
+        split: {
+          "num_records": sum(s["num_records"] for s in shards),
+          "hours": sum(sum(s["mel_frames"]) for s in shards) * seconds_per_frame / 3600,
+          "num_speakers": len(self._speakers[split]),
+          "shards": shards,
+        }
+        for split, shards in sorted(self._shards.items())
+      },
+      "source": self.metadata,
     }
     tmp = os.path.join(self.out_dir, METADATA_FILE + ".tmp")
     with open(tmp, "w") as f:
@@ -262,13 +279,17 @@ class ShardedSplit:
     for shard in shards:
       path = os.path.join(directory, shard["file"])
       if len(shard["mel_frames"]) != shard["num_records"]:
-        raise BadShardError(f"{os.path.join(directory, METADATA_FILE)}: {shard['file']} lists "
-                            f"{len(shard['mel_frames'])} lengths for {shard['num_records']} records")
+        raise BadShardError(
+          f"{os.path.join(directory, METADATA_FILE)}: {shard['file']} lists "
+          f"{len(shard['mel_frames'])} lengths for {shard['num_records']} records"
+        )
       try:
         source = _open_shard(path)
         if len(source) != shard["num_records"]:
-          raise BadShardError(f"{path}: holds {len(source)} records but {METADATA_FILE} lists "
-                              f"{shard['num_records']} (truncated or replaced shard)")
+          raise BadShardError(
+            f"{path}: holds {len(source)} records but {METADATA_FILE} lists "
+            f"{shard['num_records']} (truncated or replaced shard)"
+          )
       except BadShardError as e:
         if on_bad == "fail":
           raise
@@ -297,8 +318,10 @@ class ShardedSplit:
     except ValueError as e:
       raise BadRecordError(f"{path}: record {local}: {e}") from e
     if record["mel"].shape[0] != self.lengths[index]:
-      raise BadRecordError(f"{path}: record {local} ({record['id']!r}) has {record['mel'].shape[0]} mel "
-                           f"frames but {METADATA_FILE} lists {self.lengths[index]}")
+      raise BadRecordError(
+        f"{path}: record {local} ({record['id']!r}) has {record['mel'].shape[0]} mel "
+        f"frames but {METADATA_FILE} lists {self.lengths[index]}"
+      )
     return record
 
 
@@ -309,8 +332,10 @@ class Corpus:
     self.directory = os.fspath(directory)
     path = os.path.join(self.directory, METADATA_FILE)
     if not os.path.exists(path):
-      raise FileNotFoundError(f"{self.directory} is not a jamflow corpus: {METADATA_FILE} is missing "
-                              "(build one with data_pipelines.synth_corpus or data_pipelines.preprocess)")
+      raise FileNotFoundError(
+        f"{self.directory} is not a jamflow corpus: {METADATA_FILE} is missing "
+        "(build one with data_pipelines.synth_corpus or data_pipelines.preprocess)"
+      )
     try:
       with open(path) as f:
         self.metadata = json.load(f)
@@ -319,11 +344,16 @@ class Corpus:
     if not isinstance(self.metadata, dict):
       raise BadShardError(f"{path}: holds a JSON {type(self.metadata).__name__}, not the corpus description")
     if self.metadata.get("format") != FORMAT or self.metadata.get("version") != VERSION:
-      raise BadShardError(f"{path}: format {self.metadata.get('format')!r} version "
-                          f"{self.metadata.get('version')!r}; this build reads {FORMAT!r} version {VERSION}")
+      raise BadShardError(
+        f"{path}: format {self.metadata.get('format')!r} version "
+        f"{self.metadata.get('version')!r}; this build reads {FORMAT!r} version {VERSION}"
+      )
     # What the loaders read (CorpusWriter writes all of it), so a damaged file fails here, by name.
-    for key, fields in (("audio", ("sample_rate", "hop_length")), ("splits", ()),
-                        ("motion", ("parts", "fps", "rotations", "mean", "std"))):
+    for key, fields in (
+      ("audio", ("sample_rate", "hop_length")),
+      ("splits", ()),
+      ("motion", ("parts", "fps", "rotations", "mean", "std")),
+    ):
       if not isinstance(self.metadata.get(key), dict) or not all(f in self.metadata[key] for f in fields):
         raise BadShardError(f"{path}: needs a {key!r} object" + (f" with {', '.join(fields)}" if fields else ""))
     motion = self.metadata["motion"]
@@ -333,8 +363,12 @@ class Corpus:
       self.motion_std = np.asarray(motion["std"], np.float32)
     except (TypeError, ValueError) as e:
       raise BadShardError(f"{path}: unreadable 'motion' ({e})") from None
-    if self.motion_mean.shape != (self.spec.dim,) or self.motion_std.shape != (self.spec.dim,) \
-        or not np.all(self.motion_std > 0) or not np.all(np.isfinite(self.motion_mean)):
+    if (
+      self.motion_mean.shape != (self.spec.dim,)
+      or self.motion_std.shape != (self.spec.dim,)
+      or not np.all(self.motion_std > 0)
+      or not np.all(np.isfinite(self.motion_mean))
+    ):
       raise BadShardError(f"{path}: motion mean/std must be {self.spec.dim} finite values (std > 0)")
 
   @property

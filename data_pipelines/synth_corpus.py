@@ -31,12 +31,10 @@ import numpy as np
 import tqdm
 from absl import app, flags, logging
 
-from data_pipelines import espeak as espeak_lib
-from data_pipelines import shards
+from data_pipelines import espeak as espeak_lib, shards
 from data_pipelines.synth_motion import synth_motion
 from jamflow_jax import text as text_lib
-from jamflow_jax.audio import mel as mel_lib
-from jamflow_jax.audio import wav as wav_lib
+from jamflow_jax.audio import mel as mel_lib, wav as wav_lib
 
 DEFAULT_SENTENCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sentences.txt")
 GENERATOR = "data_pipelines.synth_corpus"
@@ -44,14 +42,14 @@ GENERATOR_VERSION = 1  # bump when the audio or motion an utterance gets changes
 
 # Eight (voice+variant, rate, pitch, range) combinations: five accents, male and female variants.
 SPEAKERS: dict[str, espeak_lib.Voice] = {
-    "espeak-00": espeak_lib.Voice("en-us+m3", rate=170, pitch=45, range=60),
-    "espeak-01": espeak_lib.Voice("en-us+f2", rate=165, pitch=60, range=70),
-    "espeak-02": espeak_lib.Voice("en+m1", rate=160, pitch=40, range=50),
-    "espeak-03": espeak_lib.Voice("en+f1", rate=175, pitch=55, range=60),
-    "espeak-04": espeak_lib.Voice("en-gb-scotland+m4", rate=155, pitch=50, range=45),
-    "espeak-05": espeak_lib.Voice("en-us+f4", rate=180, pitch=65, range=55),
-    "espeak-06": espeak_lib.Voice("en-gb-x-rp+m7", rate=165, pitch=35, range=40),
-    "espeak-07": espeak_lib.Voice("en-029+f3", rate=170, pitch=58, range=65),
+  "espeak-00": espeak_lib.Voice("en-us+m3", rate=170, pitch=45, range=60),
+  "espeak-01": espeak_lib.Voice("en-us+f2", rate=165, pitch=60, range=70),
+  "espeak-02": espeak_lib.Voice("en+m1", rate=160, pitch=40, range=50),
+  "espeak-03": espeak_lib.Voice("en+f1", rate=175, pitch=55, range=60),
+  "espeak-04": espeak_lib.Voice("en-gb-scotland+m4", rate=155, pitch=50, range=45),
+  "espeak-05": espeak_lib.Voice("en-us+f4", rate=180, pitch=65, range=55),
+  "espeak-06": espeak_lib.Voice("en-gb-x-rp+m7", rate=165, pitch=35, range=40),
+  "espeak-07": espeak_lib.Voice("en-029+f3", rate=170, pitch=58, range=65),
 }
 
 TRIM_WINDOW = 0.025  # s, RMS window for silence detection
@@ -80,8 +78,9 @@ def load_sentences(path: str | os.PathLike) -> list[str]:
   return sentences
 
 
-def trim_silence(wav: np.ndarray, phonemes: tuple[espeak_lib.Phoneme, ...], sample_rate: int
-                 ) -> tuple[np.ndarray, tuple[espeak_lib.Phoneme, ...]]:
+def trim_silence(
+  wav: np.ndarray, phonemes: tuple[espeak_lib.Phoneme, ...], sample_rate: int
+) -> tuple[np.ndarray, tuple[espeak_lib.Phoneme, ...]]:
   """Cuts leading/trailing silence from wav [N], keeping TRIM_KEEP around the sound; phoneme times
   are shifted to the cut. A phoneme that starts before the cut starts at 0; those after the end go."""
   window, hop = round(TRIM_WINDOW * sample_rate), round(TRIM_HOP * sample_rate)
@@ -96,13 +95,14 @@ def trim_silence(wav: np.ndarray, phonemes: tuple[espeak_lib.Phoneme, ...], samp
   shifted = [dataclasses.replace(p, start=p.start - offset) for p in phonemes]
   # The last phoneme starting before the cut is still sounding at it.
   begun = [i for i, p in enumerate(shifted) if p.start <= 0]
-  keep = shifted[begun[-1] if begun else 0:]
+  keep = shifted[begun[-1] if begun else 0 :]
   keep = [dataclasses.replace(p, start=max(0.0, p.start)) for p in keep if p.start < duration]
   return wav[first:last], tuple(keep)
 
 
-def utterance(index: int, seed: int, sentences: list[str], order: np.ndarray,
-              engine: espeak_lib.Espeak) -> tuple[int, dict]:
+def utterance(
+  index: int, seed: int, sentences: list[str], order: np.ndarray, engine: espeak_lib.Espeak
+) -> tuple[int, dict]:
   """Utterance `index` -> (sentence index, record); a pure function of its arguments."""
   sentence_index = int(order[index % len(sentences)])
   sentence = sentences[sentence_index]
@@ -112,8 +112,13 @@ def utterance(index: int, seed: int, sentences: list[str], order: np.ndarray,
   synthesis = engine.synthesize(sentence, SPEAKERS[speaker], seed=espeak_seed)
   wav = wav_lib.resample(synthesis.float_audio(), synthesis.sample_rate, mel_lib.SAMPLE_RATE)
   wav, phonemes = trim_silence(wav, synthesis.phonemes, mel_lib.SAMPLE_RATE)
-  record = {"id": f"utt-{index:06d}", "speaker": speaker, "text": sentence, "mel": mel_lib.log_mel(wav),
-            "motion": synth_motion(phonemes, wav, seed=motion_seed)}
+  record = {
+    "id": f"utt-{index:06d}",
+    "speaker": speaker,
+    "text": sentence,
+    "mel": mel_lib.log_mel(wav),
+    "motion": synth_motion(phonemes, wav, seed=motion_seed),
+  }
   return sentence_index, record
 
 
@@ -130,9 +135,16 @@ def sentences_digest(path: str | os.PathLike = DEFAULT_SENTENCES) -> str:
     return hashlib.sha256(f.read()).hexdigest()
 
 
-def build_corpus(out_dir: str | os.PathLike, *, num_utterances: int, seed: int,
-                 sentences_path: str | os.PathLike | None = None, validation_fraction: float = 0.05,
-                 max_seconds: float | None = None, progress: bool = True) -> dict:
+def build_corpus(
+  out_dir: str | os.PathLike,
+  *,
+  num_utterances: int,
+  seed: int,
+  sentences_path: str | os.PathLike | None = None,
+  validation_fraction: float = 0.05,
+  max_seconds: float | None = None,
+  progress: bool = True,
+) -> dict:
   """Builds the corpus into `out_dir` (which must not exist or be empty); returns its corpus.json dict."""
   if num_utterances < 1:
     raise ValueError(f"num_utterances must be positive, got {num_utterances}")
@@ -147,20 +159,25 @@ def build_corpus(out_dir: str | os.PathLike, *, num_utterances: int, seed: int,
   validation = validation_sentences(order, validation_fraction)
   engine = espeak_lib.Espeak()
   metadata = {
-      "generator": GENERATOR, "generator_version": GENERATOR_VERSION, "seed": seed,
-      "num_utterances_requested": num_utterances, "validation_fraction": validation_fraction,
-      "max_seconds": max_seconds, "espeak_version": engine.version,
-      "sentences_file": os.path.basename(sentences_path), "sentences_sha256": sentences_digest(sentences_path),
-      "num_sentences": len(sentences), "num_validation_sentences": len(validation),
-      "speakers": {name: dataclasses.asdict(voice) for name, voice in SPEAKERS.items()},
-      "motion": "data_pipelines.synth_motion.synth_motion (its docstring documents the truth)",
+    "generator": GENERATOR,
+    "generator_version": GENERATOR_VERSION,
+    "seed": seed,
+    "num_utterances_requested": num_utterances,
+    "validation_fraction": validation_fraction,
+    "max_seconds": max_seconds,
+    "espeak_version": engine.version,
+    "sentences_file": os.path.basename(sentences_path),
+    "sentences_sha256": sentences_digest(sentences_path),
+    "num_sentences": len(sentences),
+    "num_validation_sentences": len(validation),
+    "speakers": {name: dataclasses.asdict(voice) for name, voice in SPEAKERS.items()},
+    "motion": "data_pipelines.synth_motion.synth_motion (its docstring documents the truth)",
   }
   parent, name = os.path.split(out_dir)
   os.makedirs(parent, exist_ok=True)
   partial = os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex}")  # unique across hosts too
   started = time.perf_counter()
-  max_frames = (math.inf if max_seconds is None
-                else mel_lib.num_frames(round(max_seconds * mel_lib.SAMPLE_RATE)))
+  max_frames = math.inf if max_seconds is None else mel_lib.num_frames(round(max_seconds * mel_lib.SAMPLE_RATE))
   dropped = 0
   try:
     with shards.CorpusWriter(partial, metadata=metadata) as writer:
@@ -168,8 +185,7 @@ def build_corpus(out_dir: str | os.PathLike, *, num_utterances: int, seed: int,
         try:
           sentence_index, record = utterance(index, seed, sentences, order, engine)
         except Exception as e:
-          raise RuntimeError(f"utterance {index} (sentence {sentences[order[index % len(sentences)]]!r}): "
-                             f"{e}") from e
+          raise RuntimeError(f"utterance {index} (sentence {sentences[order[index % len(sentences)]]!r}): {e}") from e
         if record["mel"].shape[0] > max_frames:
           dropped += 1
           continue
@@ -189,8 +205,14 @@ def build_corpus(out_dir: str | os.PathLike, *, num_utterances: int, seed: int,
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)
     raise
-  logging.info("built %s: %d utterances (%d dropped as longer than %s s) in %.1f s", out_dir,
-               num_utterances - dropped, dropped, max_seconds, time.perf_counter() - started)
+  logging.info(
+    "built %s: %d utterances (%d dropped as longer than %s s) in %.1f s",
+    out_dir,
+    num_utterances - dropped,
+    dropped,
+    max_seconds,
+    time.perf_counter() - started,
+  )
   return shards.Corpus(out_dir).metadata
 
 
@@ -199,8 +221,7 @@ def define_flags() -> None:
   flags.DEFINE_string("out", None, "Directory to create (must not exist or be empty).")
   flags.DEFINE_integer("num_utterances", 2000, "Utterances to synthesise (before dropping long ones).")
   flags.DEFINE_integer("seed", 0, "Seed: same seed, same corpus (byte for byte).")
-  flags.DEFINE_string("sentences", None,
-                      "Text file, one sentence a line (default: data_pipelines/sentences.txt).")
+  flags.DEFINE_string("sentences", None, "Text file, one sentence a line (default: data_pipelines/sentences.txt).")
   flags.DEFINE_float("validation_fraction", 0.05, "Fraction of the sentences held out for validation.")
   flags.DEFINE_float("max_seconds", None, "Drop utterances longer than this after trimming silence.")
 
@@ -211,14 +232,23 @@ def main(argv):
   if FLAGS.out is None:
     raise app.UsageError("--out is required")
   started = time.perf_counter()
-  metadata = build_corpus(FLAGS.out, num_utterances=FLAGS.num_utterances, seed=FLAGS.seed,
-                          sentences_path=FLAGS.sentences, validation_fraction=FLAGS.validation_fraction,
-                          max_seconds=FLAGS.max_seconds)
+  metadata = build_corpus(
+    FLAGS.out,
+    num_utterances=FLAGS.num_utterances,
+    seed=FLAGS.seed,
+    sentences_path=FLAGS.sentences,
+    validation_fraction=FLAGS.validation_fraction,
+    max_seconds=FLAGS.max_seconds,
+  )
   for split, info in metadata["splits"].items():
-    print(f"{split}: {info['num_records']} utterances, {info['hours'] * 60:.1f} min, "
-          f"{info['num_speakers']} speakers, {len(info['shards'])} shards")
-  print(f"dropped as too long: {metadata['source']['num_dropped_too_long']}; "
-        f"{time.perf_counter() - started:.1f} s -> {os.path.abspath(FLAGS.out)}")
+    print(
+      f"{split}: {info['num_records']} utterances, {info['hours'] * 60:.1f} min, "
+      f"{info['num_speakers']} speakers, {len(info['shards'])} shards"
+    )
+  print(
+    f"dropped as too long: {metadata['source']['num_dropped_too_long']}; "
+    f"{time.perf_counter() - started:.1f} s -> {os.path.abspath(FLAGS.out)}"
+  )
 
 
 if __name__ == "__main__":

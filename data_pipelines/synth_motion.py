@@ -73,74 +73,128 @@ class Viseme:
   strength: tuple[float, ...]
 
 
-def _viseme(jaw: float, *, closure: float = 0.0, rounding: float = 0.0, spreading: float = 0.0,
-            labiodental: float = 0.0, tongue_tip: float = 0.0, strength: float = 1.0,
-            free: Sequence[str] = ()) -> Viseme:
+def _viseme(
+  jaw: float,
+  *,
+  closure: float = 0.0,
+  rounding: float = 0.0,
+  spreading: float = 0.0,
+  labiodental: float = 0.0,
+  tongue_tip: float = 0.0,
+  strength: float = 1.0,
+  free: Sequence[str] = (),
+) -> Viseme:
   target = (jaw, closure, rounding, spreading, labiodental, tongue_tip)
   return Viseme(target, tuple(strength * (FREE_STRENGTH if c in free else 1.0) for c in CHANNELS))
 
 
 _LIPS_FREE = ("lip_rounding", "lip_spreading")
 _CLASSES = {
-    "pause": _viseme(0.0, strength=1.2),
-    "open": _viseme(0.24, spreading=0.5),
-    "mid": _viseme(0.13),
-    "close_spread": _viseme(0.06, spreading=2.0),
-    "rounded": _viseme(0.12, rounding=2.2),
-    "bilabial": _viseme(0.0, closure=3.0, strength=2.5, free=_LIPS_FREE),
-    "labiodental": _viseme(0.03, labiodental=3.0, strength=2.0, free=_LIPS_FREE),
-    "dental": _viseme(0.05, tongue_tip=3.0, strength=2.0, free=_LIPS_FREE),
-    "postalveolar": _viseme(0.05, rounding=1.5, strength=1.2, free=("lip_spreading",)),
-    "w": _viseme(0.03, rounding=3.0, strength=1.8),
-    "j": _viseme(0.04, spreading=1.8),
-    "r": _viseme(0.06, rounding=1.2),
-    "velar": _viseme(0.07, strength=0.6, free=_LIPS_FREE),
-    "glottal": _viseme(0.10, strength=0.3, free=CHANNELS),
-    "alveolar": _viseme(0.04, tongue_tip=0.3, strength=0.8, free=_LIPS_FREE),
+  "pause": _viseme(0.0, strength=1.2),
+  "open": _viseme(0.24, spreading=0.5),
+  "mid": _viseme(0.13),
+  "close_spread": _viseme(0.06, spreading=2.0),
+  "rounded": _viseme(0.12, rounding=2.2),
+  "bilabial": _viseme(0.0, closure=3.0, strength=2.5, free=_LIPS_FREE),
+  "labiodental": _viseme(0.03, labiodental=3.0, strength=2.0, free=_LIPS_FREE),
+  "dental": _viseme(0.05, tongue_tip=3.0, strength=2.0, free=_LIPS_FREE),
+  "postalveolar": _viseme(0.05, rounding=1.5, strength=1.2, free=("lip_spreading",)),
+  "w": _viseme(0.03, rounding=3.0, strength=1.8),
+  "j": _viseme(0.04, spreading=1.8),
+  "r": _viseme(0.06, rounding=1.2),
+  "velar": _viseme(0.07, strength=0.6, free=_LIPS_FREE),
+  "glottal": _viseme(0.10, strength=0.3, free=CHANNELS),
+  "alveolar": _viseme(0.04, tongue_tip=0.3, strength=0.8, free=_LIPS_FREE),
 }
 
 # English eSpeak mnemonics (en, en-us, en-gb variants) with their own targets.
 VISEMES: dict[str, Viseme] = {
-    **{p: _CLASSES["pause"] for p in ("_", "_:", "_!", "_|", "_^_", "_#", "||", "|")},
-    **{p: _CLASSES["bilabial"] for p in ("p", "b", "m")},
-    **{p: _CLASSES["labiodental"] for p in ("f", "v")},
-    **{p: _CLASSES["dental"] for p in ("T", "D")},
-    **{p: _CLASSES["postalveolar"] for p in ("S", "Z", "tS", "dZ")},
-    **{p: _CLASSES["velar"] for p in ("k", "g", "N", "x")},
-    **{p: _CLASSES["glottal"] for p in ("h", "?")},
-    **{p: _CLASSES["alveolar"] for p in ("t", "d", "n", "s", "z", "t#", "d#", "n-", "z#", "s#")},
-    "l": _viseme(0.06, tongue_tip=0.8, strength=0.8, free=_LIPS_FREE),
-    "l/": _viseme(0.06, tongue_tip=0.8, strength=0.8, free=_LIPS_FREE),
-    "w": _CLASSES["w"],
-    "j": _CLASSES["j"],
-    "r": _CLASSES["r"], "r-": _CLASSES["r"],
-    # vowels: open
-    "a": _viseme(0.24, spreading=0.6), "a#": _viseme(0.22, spreading=0.4), "aa": _viseme(0.24, spreading=0.4),
-    "a2": _viseme(0.20, spreading=0.4), "A:": _viseme(0.25), "A": _viseme(0.24), "V": _viseme(0.20),
-    "0": _viseme(0.21, rounding=0.8),
-    # vowels: mid
-    "E": _viseme(0.16, spreading=1.0), "e": _viseme(0.15, spreading=1.2), "3": _viseme(0.12, rounding=0.6),
-    "3:": _viseme(0.12, rounding=0.8), "@": _viseme(0.11), "@2": _viseme(0.10), "@5": _viseme(0.10),
-    "@L": _viseme(0.10, tongue_tip=0.6), "O:": _viseme(0.16, rounding=2.0), "O": _viseme(0.17, rounding=1.8),
-    "o": _viseme(0.13, rounding=2.0),
-    # vowels: close
-    "i:": _viseme(0.05, spreading=2.5), "i": _viseme(0.06, spreading=2.0), "I": _viseme(0.07, spreading=1.5),
-    "I#": _viseme(0.07, spreading=1.2), "I2": _viseme(0.07, spreading=1.2), "y": _viseme(0.06, rounding=2.0),
-    "u:": _viseme(0.05, rounding=2.8), "U": _viseme(0.07, rounding=1.8), "u": _viseme(0.06, rounding=2.4),
+  **{p: _CLASSES["pause"] for p in ("_", "_:", "_!", "_|", "_^_", "_#", "||", "|")},
+  **{p: _CLASSES["bilabial"] for p in ("p", "b", "m")},
+  **{p: _CLASSES["labiodental"] for p in ("f", "v")},
+  **{p: _CLASSES["dental"] for p in ("T", "D")},
+  **{p: _CLASSES["postalveolar"] for p in ("S", "Z", "tS", "dZ")},
+  **{p: _CLASSES["velar"] for p in ("k", "g", "N", "x")},
+  **{p: _CLASSES["glottal"] for p in ("h", "?")},
+  **{p: _CLASSES["alveolar"] for p in ("t", "d", "n", "s", "z", "t#", "d#", "n-", "z#", "s#")},
+  "l": _viseme(0.06, tongue_tip=0.8, strength=0.8, free=_LIPS_FREE),
+  "l/": _viseme(0.06, tongue_tip=0.8, strength=0.8, free=_LIPS_FREE),
+  "w": _CLASSES["w"],
+  "j": _CLASSES["j"],
+  "r": _CLASSES["r"],
+  "r-": _CLASSES["r"],
+  # vowels: open
+  "a": _viseme(0.24, spreading=0.6),
+  "a#": _viseme(0.22, spreading=0.4),
+  "aa": _viseme(0.24, spreading=0.4),
+  "a2": _viseme(0.20, spreading=0.4),
+  "A:": _viseme(0.25),
+  "A": _viseme(0.24),
+  "V": _viseme(0.20),
+  "0": _viseme(0.21, rounding=0.8),
+  # vowels: mid
+  "E": _viseme(0.16, spreading=1.0),
+  "e": _viseme(0.15, spreading=1.2),
+  "3": _viseme(0.12, rounding=0.6),
+  "3:": _viseme(0.12, rounding=0.8),
+  "@": _viseme(0.11),
+  "@2": _viseme(0.10),
+  "@5": _viseme(0.10),
+  "@L": _viseme(0.10, tongue_tip=0.6),
+  "O:": _viseme(0.16, rounding=2.0),
+  "O": _viseme(0.17, rounding=1.8),
+  "o": _viseme(0.13, rounding=2.0),
+  # vowels: close
+  "i:": _viseme(0.05, spreading=2.5),
+  "i": _viseme(0.06, spreading=2.0),
+  "I": _viseme(0.07, spreading=1.5),
+  "I#": _viseme(0.07, spreading=1.2),
+  "I2": _viseme(0.07, spreading=1.2),
+  "y": _viseme(0.06, rounding=2.0),
+  "u:": _viseme(0.05, rounding=2.8),
+  "U": _viseme(0.07, rounding=1.8),
+  "u": _viseme(0.06, rounding=2.4),
 }
 
 # Diphthongs and r-coloured vowels: their segment is split evenly between these parts.
 DIPHTHONGS: dict[str, tuple[str, ...]] = {
-    "aI": ("a", "I"), "aI2": ("a", "I"), "aU": ("a", "U"), "eI": ("e", "I"), "oU": ("o", "U"),
-    "OI": ("O:", "I"), "e@": ("e", "@"), "i@": ("i", "@"), "i@3": ("i", "@"), "U@": ("U", "@"),
-    "u@": ("u", "@"),
-    "aI@": ("a", "I", "@"), "aU@": ("a", "U", "@"), "aI3": ("a", "I", "3"), "A@": ("A:", "@"),
-    "o@": ("O:", "@"), "O@": ("O:", "@"), "I@": ("I", "@"), "eI@": ("e", "I", "@"),
+  "aI": ("a", "I"),
+  "aI2": ("a", "I"),
+  "aU": ("a", "U"),
+  "eI": ("e", "I"),
+  "oU": ("o", "U"),
+  "OI": ("O:", "I"),
+  "e@": ("e", "@"),
+  "i@": ("i", "@"),
+  "i@3": ("i", "@"),
+  "U@": ("U", "@"),
+  "u@": ("u", "@"),
+  "aI@": ("a", "I", "@"),
+  "aU@": ("a", "U", "@"),
+  "aI3": ("a", "I", "3"),
+  "A@": ("A:", "@"),
+  "o@": ("O:", "@"),
+  "O@": ("O:", "@"),
+  "I@": ("I", "@"),
+  "eI@": ("e", "I", "@"),
 }
 
-_FALLBACK = (("_", "pause"), ("aAV0", "open"), ("eE3@", "mid"), ("iIy", "close_spread"),
-             ("uUoO", "rounded"), ("pbm", "bilabial"), ("fv", "labiodental"), ("TD", "dental"),
-             ("SZ", "postalveolar"), ("w", "w"), ("j", "j"), ("r", "r"), ("kgNx", "velar"), ("h?", "glottal"))
+_FALLBACK = (
+  ("_", "pause"),
+  ("aAV0", "open"),
+  ("eE3@", "mid"),
+  ("iIy", "close_spread"),
+  ("uUoO", "rounded"),
+  ("pbm", "bilabial"),
+  ("fv", "labiodental"),
+  ("TD", "dental"),
+  ("SZ", "postalveolar"),
+  ("w", "w"),
+  ("j", "j"),
+  ("r", "r"),
+  ("kgNx", "velar"),
+  ("h?", "glottal"),
+)
 _VOWEL_START = "aAV0eE3@iIyuUoO"
 
 
@@ -186,8 +240,7 @@ def loudness(wav: np.ndarray, times: np.ndarray, sample_rate: int) -> np.ndarray
 
 def mouth_channels(phonemes: Sequence[Phoneme], duration: float, times: np.ndarray) -> np.ndarray:
   """Dominance-blended viseme targets [G, 6] over CHANNELS at `times` (before smoothing)."""
-  spans: list[tuple[float, float, Viseme]] = [(-np.inf, phonemes[0].start if phonemes else np.inf,
-                                                _CLASSES["pause"])]
+  spans: list[tuple[float, float, Viseme]] = [(-np.inf, phonemes[0].start if phonemes else np.inf, _CLASSES["pause"])]
   for i, phoneme in enumerate(phonemes):
     start = phoneme.start
     end = phonemes[i + 1].start if i + 1 < len(phonemes) else max(duration, start)
@@ -205,8 +258,9 @@ def mouth_channels(phonemes: Sequence[Phoneme], duration: float, times: np.ndarr
   return (dominance * target).sum(0) / np.maximum(dominance.sum(0), 1e-12)
 
 
-def _accents(phonemes: Sequence[Phoneme], duration: float, times: np.ndarray, loud: np.ndarray,
-             sigma: float) -> np.ndarray:
+def _accents(
+  phonemes: Sequence[Phoneme], duration: float, times: np.ndarray, loud: np.ndarray, sigma: float
+) -> np.ndarray:
   """[G] sum of Gaussian pulses at primary-stressed vowel centres, each scaled by the loudness there."""
   out = np.zeros_like(times)
   for i, phoneme in enumerate(phonemes):
@@ -243,16 +297,20 @@ def blinks(rng: np.random.Generator, frame_times: np.ndarray) -> np.ndarray:
   return out
 
 
-def synth_motion(phonemes: Sequence[Phoneme], wav: np.ndarray, *, seed: int,
-                 sample_rate: int = mel_lib.SAMPLE_RATE,
-                 spec: spec_lib.MotionSpec = spec_lib.MOTION_SPEC) -> np.ndarray:
+def synth_motion(
+  phonemes: Sequence[Phoneme],
+  wav: np.ndarray,
+  *,
+  seed: int,
+  sample_rate: int = mel_lib.SAMPLE_RATE,
+  spec: spec_lib.MotionSpec = spec_lib.MOTION_SPEC,
+) -> np.ndarray:
   """Phonemes (in time order, start times in s) and wav [N] at 24 kHz -> motion [T_m, 61] float32.
 
   T_m = motion_frames_for(1 + N // 256). Deterministic in (phonemes, wav, seed).
   """
   if sample_rate != mel_lib.SAMPLE_RATE:
-    raise ValueError(f"synth_motion expects {mel_lib.SAMPLE_RATE} Hz audio (the mel clock), "
-                     f"got {sample_rate} Hz")
+    raise ValueError(f"synth_motion expects {mel_lib.SAMPLE_RATE} Hz audio (the mel clock), got {sample_rate} Hz")
   wav = np.asarray(wav, np.float32)
   num_frames = spec_lib.motion_frames_for(mel_lib.num_frames(wav.shape[0]), motion_fps=spec.fps)
   frame_times = np.arange(num_frames) / spec.fps
@@ -266,11 +324,14 @@ def synth_motion(phonemes: Sequence[Phoneme], wav: np.ndarray, *, seed: int,
   mouth = _gaussian_smooth(mouth_channels(phonemes, duration, grid), MOUTH_SMOOTH / GRID_STEP)
   mouth[:, 0] = mouth[:, 0] * (1.0 - JAW_LOUDNESS + JAW_LOUDNESS * loud_fast) + JAW_LOUDNESS_ADD * loud_fast
 
-  head = np.stack([
+  head = np.stack(
+    [
       0.05 * loud_slow + 0.03 * _accents(phonemes, duration, grid, loud, 0.120) + _drift(rng, grid, 0.06),
       _drift(rng, grid, 0.06),
       _drift(rng, grid, 0.025) + 0.015 * loud_slow,
-  ], axis=1)
+    ],
+    axis=1,
+  )
   head = np.clip(head, -MAX_HEAD, MAX_HEAD)
   brow = np.clip(1.2 * _accents(phonemes, duration, grid, loud, 0.090) + 0.4 * loud_slow, 0.0, 3.0)
 
@@ -286,5 +347,13 @@ def synth_motion(phonemes: Sequence[Phoneme], wav: np.ndarray, *, seed: int,
   jaw = np.zeros((num_frames, 3))
   jaw[:, 0] = mouth[:, 0]
   lids = blinks(rng, frame_times)
-  return spec.join({"expression": expression, "jaw": jaw, "neck": NECK_FRACTION * head, "global_rot": head,
-                    "eyelids": np.stack([lids, lids], axis=1)}, num_frames)
+  return spec.join(
+    {
+      "expression": expression,
+      "jaw": jaw,
+      "neck": NECK_FRACTION * head,
+      "global_rot": head,
+      "eyelids": np.stack([lids, lids], axis=1),
+    },
+    num_frames,
+  )

@@ -66,7 +66,11 @@ class SyntheticBatches:
     text_len = np.maximum(lengths // 6, 1)
     text = rng.integers(1, self.config.model.text_vocab_size, size=(b, ta))
     text = np.where(np.arange(ta)[None] < text_len[:, None], text, 0).astype(np.int32)
-    batch = {"mel": np.where(mel_valid[..., None], mel, 0.0).astype(np.float32), "mel_valid": mel_valid,
-             "motion": np.where(motion_valid[..., None], motion, 0.0).astype(np.float32),
-             "motion_valid": motion_valid, "text": text}
+    batch = {
+      "mel": np.where(mel_valid[..., None], mel, 0.0).astype(np.float32),
+      "mel_valid": mel_valid,
+      "motion": np.where(motion_valid[..., None], motion, 0.0).astype(np.float32),
+      "motion_valid": motion_valid,
+      "text": text,
+    }
     return {k: v[self.rows] for k, v in batch.items()}

@@ -53,8 +53,8 @@ class JamflowCorpus(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES: ClassVar[dict[str, str]] = {
-      "1.0.0": "First release: the shard schema (id, speaker, text, mel f16, motion f32) in corpus "
-               "order, motion statistics and mel lengths in the metadata.",
+    "1.0.0": "First release: the shard schema (id, speaker, text, mel f16, motion f32) in corpus "
+    "order, motion statistics and mel lengths in the metadata.",
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   The manual dir is a jamflow shard corpus directory (`<split>-NNNNN.array_record` shards and
@@ -69,34 +69,41 @@ class JamflowCorpus(tfds.core.GeneratorBasedBuilder):
     # DatasetInfo directly (not dataset_info_from_configs): that one reads README/CITATIONS files
     # from this module's folder, which belongs to the whole data_pipelines package.
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="Utterances of a jamflow corpus: transcript, log mel (F5-TTS vocos, 24 kHz, hop 256) "
-                    "and FLAME motion at 25 fps, for JAM-Flow joint speech + facial motion training.",
-        features=tfds.features.FeaturesDict({
-            "id": tfds.features.Text(), "speaker": tfds.features.Text(), "text": tfds.features.Text(),
-            # Raw bytes: float16 mel is not widened, arrays come back bit-exact.
-            "mel": tfds.features.Tensor(shape=(None, mel_lib.N_MELS), dtype=np.float16, encoding="bytes"),
-            "motion": tfds.features.Tensor(shape=(None, MOTION_SPEC.dim), dtype=np.float32,
-                                           encoding="bytes"),
-        }),
-        metadata=tfds.core.MetadataDict(),
-        disable_shuffling=True,  # keys are record indices: the corpus order is kept
+      builder=self,
+      description="Utterances of a jamflow corpus: transcript, log mel (F5-TTS vocos, 24 kHz, hop 256) "
+      "and FLAME motion at 25 fps, for JAM-Flow joint speech + facial motion training.",
+      features=tfds.features.FeaturesDict(
+        {
+          "id": tfds.features.Text(),
+          "speaker": tfds.features.Text(),
+          "text": tfds.features.Text(),
+          # Raw bytes: float16 mel is not widened, arrays come back bit-exact.
+          "mel": tfds.features.Tensor(shape=(None, mel_lib.N_MELS), dtype=np.float16, encoding="bytes"),
+          "motion": tfds.features.Tensor(shape=(None, MOTION_SPEC.dim), dtype=np.float32, encoding="bytes"),
+        }
+      ),
+      metadata=tfds.core.MetadataDict(),
+      disable_shuffling=True,  # keys are record indices: the corpus order is kept
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
     corpus_dir = os.path.abspath(os.fspath(dl_manager.manual_dir))
     corpus = shards.Corpus(corpus_dir)
     if corpus.spec.dim != MOTION_SPEC.dim:
-      raise ValueError(f"{corpus_dir}: motion frames have {corpus.spec.dim} dims ({corpus.spec.names}); "
-                       f"{NAME} {self.VERSION} stores the {MOTION_SPEC.dim}-dim layout")
+      raise ValueError(
+        f"{corpus_dir}: motion frames have {corpus.spec.dim} dims ({corpus.spec.names}); "
+        f"{NAME} {self.VERSION} stores the {MOTION_SPEC.dim}-dim layout"
+      )
     splits = {name: corpus.split(name) for name in corpus.splits}  # opens every shard: counts checked
-    self.info.metadata.update({
+    self.info.metadata.update(
+      {
         "motion": corpus.metadata["motion"],
         "mel_frames": {name: split.lengths.tolist() for name, split in splits.items()},
         "audio": corpus.metadata["audio"],
         "source": corpus.metadata["source"],
         "corpus": {"directory": corpus_dir, "sha256": _fingerprint(corpus_dir)},
-    })
+      }
+    )
     return {name: self._generate_examples(split) for name, split in splits.items()}
 
   def _generate_examples(self, split: shards.ShardedSplit) -> Iterator[tuple[int, dict]]:
@@ -106,8 +113,9 @@ class JamflowCorpus(tfds.core.GeneratorBasedBuilder):
       yield index, {key: record[key] for key in (*shards.STRINGS, "mel", "motion")}
 
 
-def prepare(corpus_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
-            overwrite: bool = False) -> JamflowCorpus:
+def prepare(
+  corpus_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, *, overwrite: bool = False
+) -> JamflowCorpus:
   """Prepares `jamflow_corpus` from the shard corpus at `corpus_dir` in `data_dir` (None: TFDS' default).
 
   An existing preparation of the same corpus (same corpus.json) is reused; one of a different corpus
@@ -120,17 +128,20 @@ def prepare(corpus_dir: str | os.PathLike, data_dir: str | os.PathLike | None = 
   if builder.is_prepared() and not overwrite:
     prepared = builder.info.metadata.get("corpus", {})
     if prepared.get("sha256") != _fingerprint(corpus_dir):
-      raise ValueError(f"{builder.data_dir} was prepared from {prepared.get('directory', 'another corpus')}, "
-                       f"not from {corpus_dir} as it is now; rebuild it with --overwrite or use another "
-                       "--data_dir")
+      raise ValueError(
+        f"{builder.data_dir} was prepared from {prepared.get('directory', 'another corpus')}, "
+        f"not from {corpus_dir} as it is now; rebuild it with --overwrite or use another "
+        "--data_dir"
+      )
     return builder
   if os.path.exists(builder.data_dir):
     # Start from scratch: TFDS would "reuse" a broken folder, and cannot re-prepare a builder whose
     # info was read from the old files.
     shutil.rmtree(builder.data_dir)
     builder = JamflowCorpus(data_dir=data_dir)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=corpus_dir),
-                               file_format=FILE_FORMAT)
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(manual_dir=corpus_dir), file_format=FILE_FORMAT
+  )
   return builder
 
 
@@ -151,26 +162,33 @@ class TfdsSplit:
     try:
       builder = tfds.builder(name, data_dir=self.data_dir)
     except tfds.core.DatasetNotFoundError as e:
-      raise FileNotFoundError(f"no TFDS dataset {name!r} in {self.data_dir or 'the default TFDS data dir'}; "
-                              f"prepare one with `{prepare_hint}`") from e
+      raise FileNotFoundError(
+        f"no TFDS dataset {name!r} in {self.data_dir or 'the default TFDS data dir'}; prepare one with `{prepare_hint}`"
+      ) from e
     if not builder.is_prepared():
-      raise FileNotFoundError(f"TFDS dataset {name} {builder.version} is not prepared in {builder.data_dir}; "
-                              f"prepare it with `{prepare_hint}`")
+      raise FileNotFoundError(
+        f"TFDS dataset {name} {builder.version} is not prepared in {builder.data_dir}; prepare it with `{prepare_hint}`"
+      )
     self._where = f"TFDS {name} {builder.version} ({builder.data_dir}) split {split!r}"
     if split not in builder.info.splits:
-      raise KeyError(f"{self._where}: no such split; it has {', '.join(builder.info.splits)} "
-                     "(whole splits only: mel lengths are kept per split)")
+      raise KeyError(
+        f"{self._where}: no such split; it has {', '.join(builder.info.splits)} "
+        "(whole splits only: mel lengths are kept per split)"
+      )
     metadata = builder.info.metadata or {}
     if "motion" not in metadata or split not in metadata.get("mel_frames", {}):
-      raise ValueError(f"{self._where}: the metadata has no motion description or mel lengths; "
-                       f"is it a jamflow corpus? (prepare one with `{prepare_hint}`)")
+      raise ValueError(
+        f"{self._where}: the metadata has no motion description or mel lengths; "
+        f"is it a jamflow corpus? (prepare one with `{prepare_hint}`)"
+      )
     self.motion, self.audio = dict(metadata["motion"]), dict(metadata["audio"])
     self.spec = MotionSpec.from_json(self.motion)
     self.lengths = np.asarray(metadata["mel_frames"][split], np.int32)
     self._source = builder.as_data_source(split=split)  # what tfds.data_source(name, ...) returns
     if len(self._source) != self.lengths.size:
-      raise ValueError(f"{self._where}: holds {len(self._source)} records but its metadata lists "
-                       f"{self.lengths.size} mel lengths")
+      raise ValueError(
+        f"{self._where}: holds {len(self._source)} records but its metadata lists {self.lengths.size} mel lengths"
+      )
 
   def __len__(self) -> int:
     return int(self.lengths.size)
@@ -190,16 +208,19 @@ class TfdsSplit:
     except (ValueError, protobuf_message.DecodeError) as e:  # UnicodeDecodeError is a ValueError
       raise shards.BadRecordError(f"{self.describe(index)}: {e}") from e
     if record["mel"].shape[0] != self.lengths[index]:
-      raise shards.BadRecordError(f"{self.describe(index)} ({record['id']!r}) has {record['mel'].shape[0]} "
-                                  f"mel frames but the metadata lists {self.lengths[index]}")
+      raise shards.BadRecordError(
+        f"{self.describe(index)} ({record['id']!r}) has {record['mel'].shape[0]} "
+        f"mel frames but the metadata lists {self.lengths[index]}"
+      )
     return record
 
 
 def define_flags() -> None:
   """The CLI's flags; defined only when run as a program (main imports this module for data.source=tfds)."""
   flags.DEFINE_string("corpus", None, "jamflow shard corpus directory (with corpus.json)", required=True)
-  flags.DEFINE_string("data_dir", None, "TFDS data dir to prepare into (default: TFDS' own, "
-                      "$TFDS_DATA_DIR or ~/tensorflow_datasets)")
+  flags.DEFINE_string(
+    "data_dir", None, "TFDS data dir to prepare into (default: TFDS' own, $TFDS_DATA_DIR or ~/tensorflow_datasets)"
+  )
   flags.DEFINE_bool("overwrite", False, "rebuild the dataset if data_dir already holds one")
 
 

@@ -18,8 +18,10 @@ import ml_collections
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jamflow_jax import sharding
-from jamflow_jax.config import ConfigError
+from jamflow_jax import sharding, train
+from jamflow_jax.axes import ACT_HEADS, BATCH, DATA, LENGTH
+from jamflow_jax.errors import ConfigError
+from jamflow_jax.model.attention import AUDIO, MOTION, joint_attention
 
 # Cloud TPU names count TensorCores for v4 / v5p (2 per chip, 3-D torus) and chips for v5e / v6e (2-D).
 _CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5e": 1, "v6e": 1}
@@ -35,8 +37,10 @@ def topology_name(name: str) -> str:
   match = re.fullmatch(r"(v\w+?)-(\d+)", name)
   gen = match and _ALIASES.get(match.group(1), match.group(1))
   if not match or gen not in _CORES_PER_CHIP:
-    raise ConfigError(f"TPU topology {name!r}: use vN:AxBxC (e.g. v5p:2x2x2) or a slice name like "
-                      f"v5p-64, v4-32, v5e-16, v6e-8 ({', '.join(_CORES_PER_CHIP)})")
+    raise ConfigError(
+      f"TPU topology {name!r}: use vN:AxBxC (e.g. v5p:2x2x2) or a slice name like "
+      f"v5p-64, v4-32, v5e-16, v6e-8 ({', '.join(_CORES_PER_CHIP)})"
+    )
   chips, rem = divmod(int(match.group(2)), _CORES_PER_CHIP[gen])
   three_d = gen in ("v4", "v5p")
   if rem or chips < 1 or chips & (chips - 1) or (three_d and chips < 4):
@@ -55,6 +59,7 @@ def topology_devices(name: str) -> list:
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server off Cloud TPU VMs
   from jax.experimental import topologies
+
   name = topology_name(name)
   # v4 / v5p chips hold two TensorCores that run as one device ("megacore"), as on Cloud TPU.
   megacore = {"chip_config_name": "megacore"} if name.split(":")[0] in ("v4", "v5p") else {}
@@ -76,9 +81,14 @@ def state_bytes_per_device(abstract_state: Any) -> tuple[int, float]:
 
 
 # Report keys -> the names of the JSON rows (launch/tpu_compile.py --json), which other tools read.
-_JSON_NAMES = {"mem_GiB/dev": "mem_gib_per_chip", "args_GiB": "args_gib_per_chip", "temp_GiB": "temp_gib_per_chip",
-               "state_GiB": "state_gib_per_chip", "xla_TFLOP/dev": "xla_tflop_per_chip",
-               "counted_TFLOP/dev": "counted_tflop_per_chip"}
+_JSON_NAMES = {
+  "mem_GiB/dev": "mem_gib_per_chip",
+  "args_GiB": "args_gib_per_chip",
+  "temp_GiB": "temp_gib_per_chip",
+  "state_GiB": "state_gib_per_chip",
+  "xla_TFLOP/dev": "xla_tflop_per_chip",
+  "counted_TFLOP/dev": "counted_tflop_per_chip",
+}
 
 
 def json_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -93,8 +103,13 @@ def report(compiled, seconds: float) -> dict[str, Any]:
   mem = compiled.memory_analysis()
   if mem is not None:
     total = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
-    row.update({"mem_GiB/dev": total / 2**30, "args_GiB": mem.argument_size_in_bytes / 2**30,
-                "temp_GiB": mem.temp_size_in_bytes / 2**30})
+    row.update(
+      {
+        "mem_GiB/dev": total / 2**30,
+        "args_GiB": mem.argument_size_in_bytes / 2**30,
+        "temp_GiB": mem.temp_size_in_bytes / 2**30,
+      }
+    )
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   # Pallas kernels count by their CostEstimate: dense attention FLOPs, an upper bound under skipping.
@@ -105,7 +120,6 @@ def report(compiled, seconds: float) -> dict[str, Any]:
 def joint_tokens(batch: int, length: int, motion_step: float = 3.75) -> dict[str, jax.Array]:
   """The token metadata of a joint layer as the model lays it out: `length` tokens, the audio frames
   (times 0, 1, ...) then the motion frames (times 0, step, ...) in proportion, all valid."""
-  from jamflow_jax.model.attention import AUDIO, MOTION
   la = int(round(length * motion_step / (motion_step + 1)))
   i = jnp.arange(length)
   mod = jnp.broadcast_to(jnp.where(i < la, AUDIO, MOTION), (batch, length)).astype(jnp.int32)
@@ -114,36 +128,44 @@ def joint_tokens(batch: int, length: int, motion_step: float = 3.75) -> dict[str
   return dict(q_mod=mod, kv_mod=mod, q_time=time, kv_time=time, q_valid=valid, kv_valid=valid)
 
 
-def compile_attention(topology: str, *, batch_per_chip: int, length: int, heads: int, head_dim: int,
-                      window: float, impl: str, dtype=jnp.bfloat16) -> dict[str, Any]:
+def compile_attention(
+  topology: str,
+  *,
+  batch_per_chip: int,
+  length: int,
+  heads: int,
+  head_dim: int,
+  window: float,
+  impl: str,
+  dtype=jnp.bfloat16,
+) -> dict[str, Any]:
   """Compiles joint attention forward + backward (the model's audio-then-motion joint tokens) with
   the batch over all chips of `topology`; returns the report plus devices and device kind."""
-  from jamflow_jax.model.attention import joint_attention
   devices = topology_devices(topology)
-  mesh = jax.make_mesh((len(devices),), ("data",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = jax.make_mesh((len(devices),), (DATA,), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
   b = batch_per_chip * len(devices)
 
   def loss(q, k, v):
     out = joint_attention(q, k, v, **joint_tokens(b, length), window=window, impl=impl, backend="mosaic_tpu")
     return jnp.sum(out.astype(jnp.float32) ** 2)
 
-  x = jax.ShapeDtypeStruct((b, length, heads, head_dim), dtype, sharding=NamedSharding(mesh, P("data")))
+  x = jax.ShapeDtypeStruct((b, length, heads, head_dim), dtype, sharding=NamedSharding(mesh, P(DATA)))
   start = time.perf_counter()
-  with jax.set_mesh(mesh), nnx.logical_axis_rules((("batch", "data"), ("length", None), ("act_heads", None))):
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(((BATCH, DATA), (LENGTH, None), (ACT_HEADS, None))):
     compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x).compile()
-  return {"devices": len(devices), "kind": devices[0].device_kind,
-          **report(compiled, time.perf_counter() - start)}
+  return {"devices": len(devices), "kind": devices[0].device_kind, **report(compiled, time.perf_counter() - start)}
 
 
 def compile_train_step(config: ml_collections.ConfigDict, devices: list, batch: dict[str, Any]):
   """(Trainer, report of its compiled step) for `config` on a mesh over `devices`; `batch` gives shapes."""
-  from jamflow_jax import train
   mesh = sharding.make_mesh(config, devices)
   trainer = train.Trainer(config, mesh)
-  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_shardings[k])
-                    for k, v in batch.items()}
+  abstract_batch = {
+    k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_shardings[k]) for k, v in batch.items()
+  }
   start = time.perf_counter()
-  with trainer.context():
-    compiled = trainer._jit_step.lower(trainer.abstract_state, abstract_batch).compile()
-  return trainer, {"mesh": "x".join(str(s) for s in mesh.shape.values()),
-                    **report(compiled, time.perf_counter() - start)}
+  compiled = trainer.lower_step(abstract_batch).compile()
+  return trainer, {
+    "mesh": "x".join(str(s) for s in mesh.shape.values()),
+    **report(compiled, time.perf_counter() - start),
+  }

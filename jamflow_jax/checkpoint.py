@@ -30,15 +30,10 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from jamflow_jax import paths, sharding
-from jamflow_jax.config import ConfigError
+from jamflow_jax.errors import CheckpointError, ConfigError
 from jamflow_jax.model import layer_stack
 
 ITEMS = ("state", "data", "config", "integrity")
-
-
-class CheckpointError(Exception):
-  """A checkpoint that cannot be read, fails its integrity check, or could not be saved; the message
-  names the step and the file or tensors."""
 
 
 def _leaf_name(path) -> str:
@@ -70,8 +65,7 @@ def _digest(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 @jax.jit
 def _fingerprints(leaves: list) -> tuple[jax.Array, jax.Array]:
   digests = [_digest(x) for x in leaves]
-  return (jnp.stack([jnp.stack([h1, h2]) for h1, h2, _ in digests]),
-          jnp.stack([finite for _, _, finite in digests]))
+  return (jnp.stack([jnp.stack([h1, h2]) for h1, h2, _ in digests]), jnp.stack([finite for _, _, finite in digests]))
 
 
 def fingerprint(tree: Any) -> tuple[dict[str, str], list[str]]:
@@ -83,8 +77,10 @@ def fingerprint(tree: Any) -> tuple[dict[str, str], list[str]]:
     return {}, []
   hashes, finite = sharding.to_host(_fingerprints([x for _, x in named]))
   names = [_leaf_name(path) for path, _ in named]
-  return ({n: f"{int(a):08x}{int(b):08x}" for n, (a, b) in zip(names, hashes)},
-          [n for n, ok in zip(names, finite) if not ok])
+  return (
+    {n: f"{int(a):08x}{int(b):08x}" for n, (a, b) in zip(names, hashes)},
+    [n for n, ok in zip(names, finite) if not ok],
+  )
 
 
 def _json_digest(value: Any) -> str:
@@ -96,6 +92,7 @@ def _everywhere(ok: bool) -> bool:
   if jax.process_count() == 1:
     return ok
   from jax.experimental import multihost_utils
+
   return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
@@ -118,6 +115,7 @@ def _ignore_late_io_callbacks() -> None:
   def hook(unraisable):
     if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
       previous(unraisable)
+
   hook.ignores_closed_loop = True
   sys.unraisablehook = hook
 
@@ -130,7 +128,8 @@ class Checkpointer:
     self.period = layer_stack.period(config.model.depth, config.model.joint_layers)
     self.every_steps = int(config.checkpoint.every_steps)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=config.checkpoint.max_to_keep, enable_async_checkpointing=config.checkpoint.async_save, create=True)
+      max_to_keep=config.checkpoint.max_to_keep, enable_async_checkpointing=config.checkpoint.async_save, create=True
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
     self.pending: int | None = None  # the step whose save has started but not yet been committed
     _ignore_late_io_callbacks()
@@ -147,10 +146,18 @@ class Checkpointer:
     if nonfinite:
       raise CheckpointError(f"refusing to save step {step}: non-finite values in {', '.join(nonfinite[:3])}")
     data_state = data_state or {}
-    integrity = {"format": 1, "leaves": leaves, "data": _json_digest(data_state),
-                 "config": _json_digest(self.config_json)}
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-                              config=ocp.args.JsonSave(self.config_json), integrity=ocp.args.JsonSave(integrity))
+    integrity = {
+      "format": 1,
+      "leaves": leaves,
+      "data": _json_digest(data_state),
+      "config": _json_digest(self.config_json),
+    }
+    args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=ocp.args.JsonSave(data_state),
+      config=ocp.args.JsonSave(self.config_json),
+      integrity=ocp.args.JsonSave(integrity),
+    )
     try:
       started = self.manager.save(step, args=args, force=True)
     except Exception as e:  # a synchronous save (checkpoint.async_save=False) fails here
@@ -184,9 +191,10 @@ class Checkpointer:
     self.manager.reload()
     kept = [s for s in self.manager.all_steps() if s != step and (self.directory / str(s)).exists()]
     return CheckpointError(
-        f"saving step {step} to {self.directory} failed ({_one_line(error)}); "
-        + (f"checkpoints {', '.join(map(str, sorted(kept)))} are in place" if kept else "no earlier checkpoint")
-        + "; fix the cause (e.g. free disk space) and re-run the same command to resume")
+      f"saving step {step} to {self.directory} failed ({_one_line(error)}); "
+      + (f"checkpoints {', '.join(map(str, sorted(kept)))} are in place" if kept else "no earlier checkpoint")
+      + "; fix the cause (e.g. free disk space) and re-run the same command to resume"
+    )
 
   def _check_model(self, step: int) -> dict:
     """The config saved with `step`; ConfigError if it holds a model of other model.* settings."""
@@ -197,18 +205,26 @@ class Checkpointer:
     how = lambda k: k.startswith("attention_") or k in ("remat", "remat_policy", "scan_layers")
     changed = sorted(k for k in saved["model"] if not how(k) and saved["model"][k] != self.config_json["model"].get(k))
     if changed:
-      raise ConfigError(f"{self.directory} holds a model trained with other model.* settings ("
-                        + ", ".join(f"{k}: {saved['model'].get(k)!r} -> {self.config_json['model'].get(k)!r}"
-                                    for k in changed) + "); use another --workdir or the saved settings")
+      raise ConfigError(
+        f"{self.directory} holds a model trained with other model.* settings ("
+        + ", ".join(f"{k}: {saved['model'].get(k)!r} -> {self.config_json['model'].get(k)!r}" for k in changed)
+        + "); use another --workdir or the saved settings"
+      )
     return saved
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict | None] | None:
     """(state, data iterator state) of `step` (default: the newest intact checkpoint) onto the
     shardings of `abstract_state`; None if none is saved."""
+
     def read(s, scanned):
-      restored = self.manager.restore(s, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(self._layout(abstract_state, scanned)), data=ocp.args.JsonRestore()))
+      restored = self.manager.restore(
+        s,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(self._layout(abstract_state, scanned)), data=ocp.args.JsonRestore()
+        ),
+      )
       return restored["state"], restored["data"]
+
     found = self._first_intact(step, read, abstract_state)
     if found is None:
       return None
@@ -225,9 +241,14 @@ class Checkpointer:
     def read(s, scanned):
       target = self._layout(abstract_params, scanned)
       restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target)
-      restored = self.manager.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-          item={key: target}, restore_args={key: restore_args}, partial_restore=True)))
+      restored = self.manager.restore(
+        s,
+        args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(item={key: target}, restore_args={key: restore_args}, partial_restore=True)
+        ),
+      )
       return restored["state"], None
+
     found = self._first_intact(step, read, {key: abstract_params})
     if found is None:
       raise ConfigError(f"{self.directory} holds no checkpoint; train first")
@@ -240,13 +261,16 @@ class Checkpointer:
   def _first_intact(self, step: int | None, read: Callable[[int, bool], tuple[Any, dict | None]], abstract: Any):
     """(read(s, scanned), s) for s = `step`, or else the newest step whose checkpoint reads and
     verifies; None when there is none. `read` restores in the layer layout the step was saved in
-    (`scanned`); the tree is then converted to this model's, onto the shardings of `abstract`. Damaged checkpoints newer than the one used are moved aside. Raises
+    (`scanned`); the tree is then converted to this model's, onto the shardings of `abstract`. Damaged
+    checkpoints newer than the one used are moved aside. Raises
     CheckpointError for a damaged explicit `step`, or when no checkpoint is intact (then nothing moves:
     the same failure everywhere is more likely this program's than the files')."""
     steps = sorted(self.manager.all_steps(), reverse=True)
     if step is not None and step not in steps:
-      raise ConfigError(f"{self.directory} holds no checkpoint at step {step}"
-                        + (f" (steps: {', '.join(map(str, sorted(steps)))})" if steps else "; train first"))
+      raise ConfigError(
+        f"{self.directory} holds no checkpoint at step {step}"
+        + (f" (steps: {', '.join(map(str, sorted(steps)))})" if steps else "; train first")
+      )
     damaged = []
     for s in [step] if step is not None else steps:
       try:
@@ -261,8 +285,10 @@ class Checkpointer:
         self._set_aside(bad, s)
       return value, s
     if damaged:
-      raise CheckpointError(f"no checkpoint in {self.directory} is intact (steps "
-                            f"{', '.join(str(s) for s, _ in damaged)}); the newest: {damaged[0][1]}")
+      raise CheckpointError(
+        f"no checkpoint in {self.directory} is intact (steps "
+        f"{', '.join(str(s) for s, _ in damaged)}); the newest: {damaged[0][1]}"
+      )
     return None
 
   def _read_verified(self, step: int, read: Callable[[int, bool], tuple[Any, dict | None]], abstract: Any):
@@ -291,8 +317,10 @@ class Checkpointer:
     differ = [n for n, h in leaves.items() if record["leaves"].get(n, h) != h]
     missing = [n for n in leaves if n not in record["leaves"]]
     if differ or missing:
-      raise CheckpointError(f"{where}/state: contents differ from their fingerprint in "
-                            f"{', '.join((differ or missing)[:3])}" + (f" and {len(differ) - 3} more" if len(differ) > 3 else ""))
+      raise CheckpointError(
+        f"{where}/state: contents differ from their fingerprint in "
+        f"{', '.join((differ or missing)[:3])}" + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+      )
     if data is not None and _json_digest(data) != record["data"]:
       raise CheckpointError(f"{where}/data: the data iterator state differs from its digest")
     if _json_digest(saved_config) != record["config"]:
@@ -303,8 +331,12 @@ class Checkpointer:
     """`tree` (read in the layout saved) in this model's layer layout, on the shardings of `abstract`."""
     if saved_scanned == self.scanned:
       return tree
-    logging.info("%s was saved with model.scan_layers=%s: converting its layers to scan_layers=%s",
-                 where, saved_scanned, self.scanned)
+    logging.info(
+      "%s was saved with model.scan_layers=%s: converting its layers to scan_layers=%s",
+      where,
+      saved_scanned,
+      self.scanned,
+    )
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
     return jax.jit(lambda t: self._layout(t, self.scanned), out_shardings=shardings)(tree)
 
@@ -327,6 +359,7 @@ class Checkpointer:
       (self.directory / str(step)).rename(target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices(f"jamflow_set_aside_{step}")
     self.manager.reload()
     logging.warning("skipped damaged checkpoint %d (moved to %s); using step %d", step, target, used)

@@ -13,15 +13,17 @@ render.face_model) and writes DIR/eval/step_<N>.{json,txt} plus a rendered video
 
 import logging as pylogging
 import os
-import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
+from tqdm import tqdm
 
-from data_pipelines.shards import BadRecordError
-from jamflow_jax import config as config_lib
-from jamflow_jax import checkpoint, generate, paths, run_lock, train
+from data_pipelines import builtin, sources
+from jamflow_jax import cli, config as config_lib, errors, paths, train
+from jamflow_jax.eval import evaluate
+from jamflow_jax.inference import Pipeline, jobs as jobs_lib
+from jamflow_jax.motion import face as face_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py[:PRESET]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, TensorBoard logs and config.json go")
@@ -31,9 +33,13 @@ _JOBS = flags.DEFINE_string("jobs", None, "JSON job file: a job object or a list
 _OUT = flags.DEFINE_string("out", None, "where samples go (default: WORKDIR/samples)")
 _NAME = flags.DEFINE_string("name", None, "output file stem (default: TASK-seedSEED)")
 _STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
-_TASK = flags.DEFINE_enum("task", None, ["tts", "a2m", "dub", "edit"],
-                          "tts: text -> speech + motion; a2m: --audio -> motion; dub: --motion + --text -> "
-                          "speech; edit: regenerate --span of --audio (and --motion)")
+_TASK = flags.DEFINE_enum(
+  "task",
+  None,
+  ["tts", "a2m", "dub", "edit"],
+  "tts: text -> speech + motion; a2m: --audio -> motion; dub: --motion + --text -> "
+  "speech; edit: regenerate --span of --audio (and --motion)",
+)
 _TEXT = flags.DEFINE_string("text", None, "transcript to speak (tts, dub), of the audio (a2m), of the edited clip")
 _AUDIO = flags.DEFINE_string("audio", None, "wav file (a2m, edit), 24 kHz unless --resample")
 _MOTION = flags.DEFINE_string("motion", None, "FLAME motion npz (dub, edit)")
@@ -48,18 +54,25 @@ _WITH_MOTION = flags.DEFINE_bool("with_motion", True, "tts: generate motion with
 _RESAMPLE = flags.DEFINE_bool("resample", False, "resample input audio to 24 kHz instead of refusing it")
 _SEED = flags.DEFINE_integer("seed", None, "noise seed (default config.sample.seed)")
 _DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "auto", ["auto", "on", "off"],
-    "jax.distributed.initialize(): auto = when launched as several processes (--num_processes > 1, "
-    "SLURM with several tasks, a multi-host Cloud TPU slice)")
+  "distributed",
+  "auto",
+  ["auto", "on", "off"],
+  "jax.distributed.initialize(): auto = when launched as several processes (--num_processes > 1, "
+  "SLURM with several tasks, a multi-host Cloud TPU slice)",
+)
 # Multi-process start-up. Each flag falls back to its environment variable; SLURM and Cloud TPU fill
 # in what neither gives (jax.distributed's cluster detection).
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0's coordinator (env JAX_COORDINATOR_ADDRESS)")
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "host:port of process 0's coordinator (env JAX_COORDINATOR_ADDRESS)"
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the job (env JAX_NUM_PROCESSES)")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process, 0..num_processes-1 (env JAX_PROCESS_ID)")
 _LOCAL_DEVICES = flags.DEFINE_list(
-    "local_device_ids", None, "accelerators this process drives, e.g. 0,1,2,3 (env JAX_LOCAL_DEVICE_IDS; "
-    "default: all of the host's; under SLURM jax takes the one of SLURM_LOCALID)")
+  "local_device_ids",
+  None,
+  "accelerators this process drives, e.g. 0,1,2,3 (env JAX_LOCAL_DEVICE_IDS; "
+  "default: all of the host's; under SLURM jax takes the one of SLURM_LOCALID)",
+)
 
 
 def _flag_or_env(flag, name: str, parse):
@@ -77,9 +90,11 @@ def _flag_or_env(flag, name: str, parse):
 def distributed_settings() -> dict | None:
   """Keyword arguments for jax.distributed.initialize, or None for a single-process run."""
   ids = _flag_or_env(_LOCAL_DEVICES, "JAX_LOCAL_DEVICE_IDS", lambda v: v.split(","))
-  settings = {"coordinator_address": _flag_or_env(_COORDINATOR, "JAX_COORDINATOR_ADDRESS", str),
-              "num_processes": _flag_or_env(_NUM_PROCESSES, "JAX_NUM_PROCESSES", int),
-              "process_id": _flag_or_env(_PROCESS_ID, "JAX_PROCESS_ID", int)}
+  settings = {
+    "coordinator_address": _flag_or_env(_COORDINATOR, "JAX_COORDINATOR_ADDRESS", str),
+    "num_processes": _flag_or_env(_NUM_PROCESSES, "JAX_NUM_PROCESSES", int),
+    "process_id": _flag_or_env(_PROCESS_ID, "JAX_PROCESS_ID", int),
+  }
   try:
     settings["local_device_ids"] = None if ids is None else [int(i) for i in ids]
   except ValueError:
@@ -90,9 +105,11 @@ def distributed_settings() -> dict | None:
   if _DISTRIBUTED.value == "off" or (_DISTRIBUTED.value == "auto" and not cluster and (n or 1) <= 1):
     return None
   if not cluster and (n is None or i is None or not settings["coordinator_address"]):
-    raise app.UsageError("several processes need --coordinator_address, --num_processes and --process_id "
-                         "(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) unless SLURM or a "
-                         "Cloud TPU slice provides them")
+    raise app.UsageError(
+      "several processes need --coordinator_address, --num_processes and --process_id "
+      "(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) unless SLURM or a "
+      "Cloud TPU slice provides them"
+    )
   if n is not None and i is not None and not 0 <= i < n:
     raise app.UsageError(f"--process_id={i} must be in 0..{n - 1} (--num_processes={n})")
   return {k: v for k, v in settings.items() if v is not None}
@@ -117,21 +134,29 @@ def main(argv):
   distributed = distributed_settings()
   if _MODE.value in ("train", "eval") and not config.data.path and not config.data.source:
     # Before the distributed runtime: a first build (minutes) must not outlast its start-up timeouts.
-    from data_pipelines import builtin
     builtin.ensure_corpus(config)
   if distributed is not None:
-    logging.info("starting the distributed runtime (%s)", ", ".join(f"{k}={v}" for k, v in distributed.items())
-                 or "from the SLURM / Cloud TPU environment")
+    logging.info(
+      "starting the distributed runtime (%s)",
+      ", ".join(f"{k}={v}" for k, v in distributed.items()) or "from the SLURM / Cloud TPU environment",
+    )
     jax.distributed.initialize(**distributed)
-  logging.info("process %d of %d, %d of %d devices", jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+  logging.info(
+    "process %d of %d, %d of %d devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
+  # Every check that needs the devices, for every mode, before any of them starts.
+  config_lib.validate(config, jax.device_count(), jax.devices()[0].platform)
   if _MODE.value == "train":
-    train.train(config, _WORKDIR.value)
+    source, validation = sources.for_training(config)
+    train.train(config, _WORKDIR.value, source, validation)
   elif _MODE.value == "sample":
     sample(config, _WORKDIR.value)
   elif _MODE.value == "eval":
-    from jamflow_jax.eval import evaluate
-    evaluate.run(config, _WORKDIR.value, step=_STEP.value)
+    evaluate.run(config, _WORKDIR.value, sources.validation_records(config, config.eval.num_examples), step=_STEP.value)
 
 
 def _flag_job() -> dict:
@@ -144,18 +169,27 @@ def _flag_job() -> dict:
     except ValueError:  # not two numbers
       raise app.UsageError(f"--span={','.join(span)}: give START,END in seconds") from None
     span = (start, end)
-  job = {"task": _TASK.value, "name": _NAME.value, "seed": _SEED.value, "text": _TEXT.value,
-         "audio": _AUDIO.value, "motion": _MOTION.value, "prompt_audio": _PROMPT_AUDIO.value,
-         "prompt_text": _PROMPT_TEXT.value, "prompt_motion": _PROMPT_MOTION.value,
-         "duration": _DURATION.value, "speed": _SPEED.value, "span": span,
-         "regenerate": tuple(_REGENERATE.value), "with_motion": _WITH_MOTION.value, "resample": _RESAMPLE.value}
-  keys = set(generate.TASKS[job["task"]][1]) | {"task", "name", "seed"}
-  given = {k for k, v in job.items() if v is not None}
-  # Flags with defaults (regenerate, with_motion, resample) count only where the task takes them.
-  stray = given - keys - {"regenerate", "with_motion", "resample"}
-  if stray:
-    raise app.UsageError(f"--task={job['task']} does not take --{', --'.join(sorted(stray))}")
-  return {k: v for k, v in job.items() if k in keys}
+  job = {
+    "task": _TASK.value,
+    "name": _NAME.value,
+    "seed": _SEED.value,
+    "text": _TEXT.value,
+    "audio": _AUDIO.value,
+    "motion": _MOTION.value,
+    "prompt_audio": _PROMPT_AUDIO.value,
+    "prompt_text": _PROMPT_TEXT.value,
+    "prompt_motion": _PROMPT_MOTION.value,
+    "duration": _DURATION.value,
+    "speed": _SPEED.value,
+    "span": span,
+    "regenerate": tuple(_REGENERATE.value),
+    "with_motion": _WITH_MOTION.value,
+    "resample": _RESAMPLE.value,
+  }
+  try:
+    return jobs_lib.from_flags(job)
+  except errors.InputError as e:  # flags the job kind does not take
+    raise app.UsageError(str(e)) from None
 
 
 def sample(config, workdir: str) -> None:
@@ -164,100 +198,39 @@ def sample(config, workdir: str) -> None:
   Under several processes each one generates the same samples on its first local device (no
   process waits on another) and process 0 writes them.
   """
-  from tqdm import tqdm
-
-  jobs = generate.read_jobs(_JOBS.value) if _JOBS.value else [_flag_job()]
+  jobs = jobs_lib.read_jobs(_JOBS.value) if _JOBS.value else [_flag_job()]
   wheres = [f"{_JOBS.value} job {i}" if _JOBS.value else f"--task={job['task']}" for i, job in enumerate(jobs)]
   for job, where in zip(jobs, wheres):  # all of them before the model loads: a bad last job fails now
-    generate.check_job(job, where=where)
+    jobs_lib.check_job(job, where=where)
   base_dir = os.path.dirname(os.path.abspath(_JOBS.value)) if _JOBS.value else ""
   out_dir = _OUT.value or paths.workdir_path(workdir) / "samples"  # local or a URL
-  pipe = generate.Pipeline.from_workdir(workdir, config, step=_STEP.value)
-  face = None
-  if config.sample.video:
-    from jamflow_jax.motion import flame
-    face = flame.load_configured_face(config)
+  pipe = Pipeline.from_workdir(workdir, config, step=_STEP.value)
+  face = face_lib.load_configured_face(config) if config.sample.video else None
   writes = jax.process_index() == 0
   if not writes:
     logging.info("process %d generates alongside process 0, which writes the samples", jax.process_index())
-  for i, (job, where) in enumerate(tqdm(list(zip(jobs, wheres)), desc="samples", unit="sample",
-                                        disable=len(jobs) == 1 or not writes)):
-    result = generate.run_job(pipe, job, where=where, base_dir=base_dir)
+  for i, (job, where) in enumerate(
+    tqdm(list(zip(jobs, wheres)), desc="samples", unit="sample", disable=len(jobs) == 1 or not writes)
+  ):
+    result = jobs_lib.run_job(pipe, job, where=where, base_dir=base_dir)
     name = job.get("name") or f"{job['task']}-seed{result.info['seed']}" + (f"-{i}" if len(jobs) > 1 else "")
     if writes:
       written = result.save(out_dir, name, face=face, size=config.render.size)
       logging.info("%s -> %s", where, ", ".join(sorted(written.values())))
 
 
-class FlagError(Exception):
-  """A command line that cannot run; the message names the flag."""
-
-
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with one-line errors, then the config checks that need no devices (all modes).
-
-  A ConfigError raised while loading the config stays itself; any other bad flag is a FlagError.
-  """
-  try:
-    rest = flags.FLAGS(argv)
-  except flags.Error as e:
-    # config_flags re-raises the config file's exception wrapped with its traceback; the innermost
-    # ConfigError carries the one-line message.
-    root, cause = None, e.__cause__ or e.__context__
-    while cause is not None:
-      root = cause if isinstance(cause, config_lib.ConfigError) else root
-      cause = cause.__cause__ or cause.__context__
-    if root is not None:
-      raise root from None
-    raise FlagError(" ".join(str(e).removeprefix("flag ").split())) from None
-  except (AttributeError, KeyError) as e:
-    # config_flags resolves --config.a.b overrides with getattr and names only the missing field.
-    missing = str(e).strip("'\"")
-    override = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.")
-                     and missing in a.split("=", 1)[0].split(".")[1:]), None)
-    if override is None:  # not an override: an error inside the config file
-      raise
-    raise FlagError(f"{override}: the config has no field {override.removeprefix('--config.')}") from None
-  except OSError as e:  # the --config file did not load, and an override touched it
-    raise _config_file_error(e) from None
+  """cli.parse_flags, then the flags every mode needs and the config checks that need no devices."""
+  rest = cli.parse_flags(argv, _CONFIG)
   for flag in (_CONFIG, _WORKDIR):
     if flag.value is None:
-      raise FlagError(f"--{flag.name} is required: {flags.FLAGS[flag.name].help}")
-  try:
-    config_lib.validate(_CONFIG.value)
-  except OSError as e:  # config_flags defers a failed load of the --config file to the first access
-    raise _config_file_error(e) from None
+      raise cli.FlagError(f"--{flag.name} is required: {flags.FLAGS[flag.name].help}")
+  cli.loaded(_CONFIG, config_lib.validate)
   return rest
 
 
-def _config_file_error(error: OSError) -> FlagError:
-  # config_flags' error wraps the load's, whose last line says why (e.g. "[Errno 2] No such file ...").
-  return FlagError(f"--config: {str(error.__cause__ or error).strip().splitlines()[-1].strip()}")
-
-
 def run() -> None:
-  def one_line_usage(argv):  # absl answers a UsageError with the whole usage text; one line says it
-    try:
-      return main(argv)
-    except app.UsageError as e:
-      raise FlagError(str(e)) from None
-
-  try:
-    app.run(one_line_usage, flags_parser=_parse_flags)
-  except FlagError as e:
-    sys.exit(f"flag error: {e}")
-  except config_lib.ConfigError as e:
-    sys.exit(f"config error: {e}")
-  except BadRecordError as e:  # names the file and the record; see data.on_bad_record
-    sys.exit(f"data error: {e}")
-  except generate.InputError as e:  # a sampling input the model cannot take; names the input
-    sys.exit(f"input error: {e}")
-  except checkpoint.CheckpointError as e:  # damaged, or not saved; names the step and file
-    sys.exit(f"checkpoint error: {e}")
-  except run_lock.WorkdirInUseError as e:
-    sys.exit(f"workdir error: {e}")
-  except train.NonFiniteError as e:
-    sys.exit(f"training stopped: {e}")
+  cli.run(main, _parse_flags)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ average is exact however the tasks fell in each batch.
 import collections
 import io
 import os
+import time
 
 import jax
 import numpy as np
@@ -17,7 +18,7 @@ from absl import logging
 from etils import epath
 from tensorboardX import SummaryWriter, record_writer
 
-from jamflow_jax import paths
+from jamflow_jax import flops, paths
 
 
 def reduce_interval(step_metrics: list[dict]) -> dict[str, float]:
@@ -80,8 +81,9 @@ class MetricsLogger:
   def __init__(self, workdir: str | os.PathLike, total_steps: int, initial_step: int):
     self.active = jax.process_index() == 0
     self.writer = summary_writer(paths.workdir_path(workdir) / "tensorboard") if self.active else None
-    self.bar = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
-                         disable=not self.active, mininterval=1.0)
+    self.bar = tqdm.tqdm(
+      total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True, disable=not self.active, mininterval=1.0
+    )
 
   def advance(self, n: int = 1) -> None:
     self.bar.update(n)
@@ -93,8 +95,7 @@ class MetricsLogger:
       if np.isfinite(v):
         self.writer.add_scalar(k, v, step)
     self.writer.flush()
-    shown = {k: scalars[k] for k in ("loss", "loss/audio", "loss/motion", "grad_norm", "steps_per_s")
-             if k in scalars}
+    shown = {k: scalars[k] for k in ("loss", "loss/audio", "loss/motion", "grad_norm", "steps_per_s") if k in scalars}
     self.bar.set_postfix({k.replace("loss/", ""): f"{v:.4g}" for k, v in shown.items()}, refresh=False)
     logging.info("step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in sorted(scalars.items())))
 
@@ -102,3 +103,40 @@ class MetricsLogger:
     if self.active:
       self.writer.close()
     self.bar.close()
+
+
+class Throughput:
+  """Steps/s, examples/s, valid mel frames/s and MFU of each logging interval.
+
+  Counted from this process' rows of each batch (the global count would need a collective), scaled
+  to the global batch; FLOPs at each batch's padded shape (batches are length-bucketed).
+  """
+
+  def __init__(self, config, rows: int, first_step: int):
+    self.config, self.batch_size = config, config.train.batch_size
+    self.scale = self.batch_size / rows
+    self.peak = flops.peak_flops_per_device(config) * jax.device_count()
+    self.t_last, self.n_last, self.frames, self.flops = None, first_step, 0.0, 0.0
+
+  def add(self, host_batch: dict[str, np.ndarray]) -> None:
+    """Counts one step's batch (this process' rows)."""
+    self.frames += float(np.sum(host_batch["mel_valid"])) * self.scale
+    self.flops += (
+      flops.train_flops(self.config, host_batch["mel"].shape[1], host_batch["motion"].shape[1]) * self.batch_size
+    )
+
+  def interval(self, step: int) -> dict[str, float]:
+    """The rates since the last call (none for the first interval: it includes compilation)."""
+    now, rates = time.perf_counter(), {}
+    if self.t_last is not None:
+      seconds = now - self.t_last
+      steps_per_s = (step - self.n_last) / seconds
+      rates = {
+        "steps_per_s": steps_per_s,
+        "examples_per_s": steps_per_s * self.batch_size,
+        "frames_per_s": self.frames / seconds,
+      }
+      if self.peak:
+        rates["mfu"] = self.flops / seconds / self.peak
+    self.t_last, self.n_last, self.frames, self.flops = now, step, 0.0, 0.0
+    return rates

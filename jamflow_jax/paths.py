@@ -12,7 +12,7 @@ from typing import Iterator
 
 from etils import epath
 
-from jamflow_jax.config import ConfigError
+from jamflow_jax.errors import ConfigError
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -31,8 +31,9 @@ def workdir_path(path: str | os.PathLike) -> epath.Path:
   try:
     return epath.Path(path)
   except KeyError:  # epath's lookup of the scheme
-    raise ConfigError(f"{path}: etils.epath reads and writes local paths and gs://, s3://, az://, hf:// "
-                      "URLs, not this scheme") from None
+    raise ConfigError(
+      f"{path}: etils.epath reads and writes local paths and gs://, s3://, az://, hf:// URLs, not this scheme"
+    ) from None
 
 
 @contextlib.contextmanager

@@ -16,16 +16,12 @@ import uuid
 
 import jax
 from absl import logging
-from etils import epath
 
 from jamflow_jax import paths
+from jamflow_jax.errors import WorkdirInUseError
 
 HEARTBEAT_S = 30.0
 STALE_S = 180.0
-
-
-class WorkdirInUseError(Exception):
-  """Another live run holds the workdir's lock; the message names it."""
 
 
 def _alive(pid: int) -> bool:
@@ -50,8 +46,16 @@ class RunLock:
     self._thread = None
 
   def _record(self) -> str:
-    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token, "what": self.what,
-                       "started": time.strftime("%Y-%m-%d %H:%M:%S"), "heartbeat": time.time()})
+    return json.dumps(
+      {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "token": self.token,
+        "what": self.what,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "heartbeat": time.time(),
+      }
+    )
 
   def _holder(self) -> dict | None:
     """The current lock's record ({} when unreadable, e.g. half written), None when there is none."""
@@ -100,11 +104,18 @@ class RunLock:
       if holder is None:
         continue
       if not self._stale(holder):
-        return (f"{self.path.parent} is in use by another run ({holder.get('what', 'a run')} as pid "
-                f"{holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('started', '?')}); "
-                f"wait for it or use another --workdir (if no run is using it, delete {self.path})")
-      logging.warning("taking over the stale lock of %s (pid %s on %s, last heartbeat %.0f s ago)", self.path,
-                      holder.get("pid", "?"), holder.get("host", "?"), time.time() - float(holder.get("heartbeat", 0)))
+        return (
+          f"{self.path.parent} is in use by another run ({holder.get('what', 'a run')} as pid "
+          f"{holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('started', '?')}); "
+          f"wait for it or use another --workdir (if no run is using it, delete {self.path})"
+        )
+      logging.warning(
+        "taking over the stale lock of %s (pid %s on %s, last heartbeat %.0f s ago)",
+        self.path,
+        holder.get("pid", "?"),
+        holder.get("host", "?"),
+        time.time() - float(holder.get("heartbeat", 0)),
+      )
       aside = self.path.parent / f"run.lock.stale-{self.token}"
       try:
         self.path.rename(aside)
@@ -125,6 +136,7 @@ class RunLock:
     refusal = self._acquire() if jax.process_index() == 0 else None
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       refused = multihost_utils.broadcast_one_to_all(int(refusal is not None))
       if refused and refusal is None:
         refusal = f"{self.path.parent} is in use by another run (process 0 could not take {self.path})"

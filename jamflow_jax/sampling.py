@@ -18,16 +18,17 @@ the batch of the same model call. Frames given as condition are returned as they
 
 import dataclasses
 
+import einops
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx, struct
 
+from jamflow_jax import config as config_lib, model as model_lib, sharding
 from jamflow_jax.model.jamflow import FlowInputs
 from jamflow_jax.text import FILLER_ID
 
-SOLVERS = ("euler", "midpoint")
 CONDITIONS = ("text", "audio", "motion")
 
 
@@ -38,11 +39,12 @@ class Conditions:
   Generated frames are the valid frames that are not given; an absent modality has no valid frame.
   Motion is normalised (the model's units).
   """
-  text: jax.Array          # int32 [B, Ta] filler-padded ids (all filler: no transcript)
-  audio: jax.Array         # float32 [B, Ta, mel_dim] given mel frames (anything elsewhere)
-  audio_given: jax.Array   # bool [B, Ta]
-  audio_valid: jax.Array   # bool [B, Ta]
-  motion: jax.Array        # float32 [B, Tm, motion_dim]
+
+  text: jax.Array  # int32 [B, Ta] filler-padded ids (all filler: no transcript)
+  audio: jax.Array  # float32 [B, Ta, mel_dim] given mel frames (anything elsewhere)
+  audio_given: jax.Array  # bool [B, Ta]
+  audio_valid: jax.Array  # bool [B, Ta]
+  motion: jax.Array  # float32 [B, Tm, motion_dim]
   motion_given: jax.Array  # bool [B, Tm]
   motion_valid: jax.Array  # bool [B, Tm]
 
@@ -50,6 +52,7 @@ class Conditions:
 @dataclasses.dataclass(frozen=True)
 class SamplerOptions:
   """How to integrate: solver, model evaluations (NFE), sway coefficient, guidance strengths."""
+
   solver: str = "euler"
   nfe: int = 32
   sway: float = -1.0
@@ -57,18 +60,19 @@ class SamplerOptions:
   cfg_audio: float = 2.0
   cfg_motion: float = 2.0
 
-  def __post_init__(self):
-    if self.solver not in SOLVERS:
-      raise ValueError(f"sample.solver={self.solver!r}; choose one of {', '.join(SOLVERS)}")
-    if self.nfe < 1 or (self.solver == "midpoint" and self.nfe % 2):
-      raise ValueError(f"sample.nfe={self.nfe}: needs >= 1, and even for the midpoint solver "
-                       "(two model evaluations a step)")
+  def __post_init__(self):  # ConfigError (a ValueError) naming sample.solver / sample.nfe
+    config_lib.check_sampler(self.solver, self.nfe)
 
   @classmethod
   def from_config(cls, sample: ml_collections.ConfigDict) -> "SamplerOptions":
-    return cls(solver=sample.solver, nfe=int(sample.nfe), sway=float(sample.sway),
-               cfg_text=float(sample.cfg_text), cfg_audio=float(sample.cfg_audio),
-               cfg_motion=float(sample.cfg_motion))
+    return cls(
+      solver=sample.solver,
+      nfe=int(sample.nfe),
+      sway=float(sample.sway),
+      cfg_text=float(sample.cfg_text),
+      cfg_audio=float(sample.cfg_audio),
+      cfg_motion=float(sample.cfg_motion),
+    )
 
   def strength(self, condition: str) -> float:
     return getattr(self, f"cfg_{condition}")
@@ -125,11 +129,16 @@ def guided_velocity(model, c: Conditions, guided: tuple[tuple[str, float], ...])
     xa, xm = (jnp.concatenate([a] * n, axis=0) for a in x)
     b = xa.shape[0]
     inputs = FlowInputs(
-        audio_xt=xa, audio_cond=jnp.where(stack.audio_given[..., None], stack.audio, 0.0),
-        text=stack.text, audio_valid=stack.audio_valid,
-        motion_xt=xm, motion_cond=jnp.where(stack.motion_given[..., None], stack.motion, 0.0),
-        motion_valid=stack.motion_valid, t=jnp.full((b,), t, jnp.float32))
-    va, vm = (v.reshape(n, -1, *v.shape[1:]) for v in model(inputs))
+      audio_xt=xa,
+      audio_cond=jnp.where(stack.audio_given[..., None], stack.audio, 0.0),
+      text=stack.text,
+      audio_valid=stack.audio_valid,
+      motion_xt=xm,
+      motion_cond=jnp.where(stack.motion_given[..., None], stack.motion, 0.0),
+      motion_valid=stack.motion_valid,
+      t=jnp.full((b,), t, jnp.float32),
+    )
+    va, vm = (einops.rearrange(v, "(n b) ... -> n b ...", n=n) for v in model(inputs))
     out_a, out_m = va[0], vm[0]
     for k, (_, w) in enumerate(guided, start=1):
       out_a = out_a + w * (va[0] - va[k])
@@ -141,8 +150,7 @@ def guided_velocity(model, c: Conditions, guided: tuple[tuple[str, float], ...])
 
 def guidance_plan(options: SamplerOptions, present: dict[str, bool]) -> tuple[tuple[str, float], ...]:
   """The (condition, strength) pairs worth a model call: strength != 0 and the condition given."""
-  return tuple((name, options.strength(name)) for name in CONDITIONS
-               if options.strength(name) != 0.0 and present[name])
+  return tuple((name, options.strength(name)) for name in CONDITIONS if options.strength(name) != 0.0 and present[name])
 
 
 class Sampler:
@@ -152,29 +160,43 @@ class Sampler:
   to buckets so a session compiles a few programs, not one per request.
   """
 
-  def __init__(self, graphdef, params, mesh: jax.sharding.Mesh, config: ml_collections.ConfigDict):
-    from jamflow_jax import sharding  # the sampler is used outside training too
-    self.graphdef, self.params, self.mesh, self.config = graphdef, params, mesh, config
+  def __init__(self, config: ml_collections.ConfigDict, params, mesh: jax.sharding.Mesh):
+    """params: the model's parameter dict (arrays on `mesh`)."""
+    # No backward pass here, so nothing to rematerialise: the graph is built with remat off.
+    inference = config.copy_and_resolve_references()
+    inference.model.remat_policy = "none"
+    self.graphdef, _ = model_lib.abstract_model(inference, mesh)
+    self.params, self.mesh, self.config = params, mesh, config
     self._context = lambda: sharding.use_mesh(mesh, config)
     self._jit = jax.jit(self._sample, static_argnames=("solver", "guided"))
 
-  def _sample(self, params, c: Conditions, grid: jax.Array, key: jax.Array, *, solver: str,
-              guided: tuple[tuple[str, float], ...]) -> tuple[jax.Array, jax.Array]:
+  def _sample(
+    self, params, c: Conditions, grid: jax.Array, key: jax.Array, *, solver: str, guided: tuple[tuple[str, float], ...]
+  ) -> tuple[jax.Array, jax.Array]:
     model = nnx.merge(self.graphdef, params)
-    model.remat_policy = "none"  # no backward pass here, so nothing to rematerialise
     k_a, k_m = jax.random.split(key)
     x0 = (jax.random.normal(k_a, c.audio.shape, jnp.float32), jax.random.normal(k_m, c.motion.shape, jnp.float32))
     xa, xm = integrate(guided_velocity(model, c, guided), x0, grid, solver)
     return jnp.where(c.audio_given[..., None], c.audio, xa), jnp.where(c.motion_given[..., None], c.motion, xm)
 
-  def __call__(self, c: Conditions, options: SamplerOptions, seed: int,
-               present: dict[str, bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+  def __call__(
+    self, c: Conditions, options: SamplerOptions, seed: int, present: dict[str, bool] | None = None
+  ) -> tuple[np.ndarray, np.ndarray]:
     """Host arrays out. `present` says which conditions exist (default: read from `c`)."""
     if present is None:
       c_host = jax.device_get(c)
-      present = {"text": bool(np.any(c_host.text != FILLER_ID)), "audio": bool(np.any(c_host.audio_given)),
-                 "motion": bool(np.any(c_host.motion_given))}
+      present = {
+        "text": bool(np.any(c_host.text != FILLER_ID)),
+        "audio": bool(np.any(c_host.audio_given)),
+        "motion": bool(np.any(c_host.motion_given)),
+      }
     with self._context():
-      out = self._jit(self.params, c, jnp.asarray(time_grid(options)), jax.random.PRNGKey(seed),
-                      solver=options.solver, guided=guidance_plan(options, present))
+      out = self._jit(
+        self.params,
+        c,
+        jnp.asarray(time_grid(options)),
+        jax.random.PRNGKey(seed),
+        solver=options.solver,
+        guided=guidance_plan(options, present),
+      )
     return jax.device_get(out)

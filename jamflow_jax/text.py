@@ -17,14 +17,23 @@ from typing import Protocol
 import ml_collections
 import numpy as np
 
+from jamflow_jax.errors import ConfigError, TextError
+
 FILLER_ID = 0
 VOCAB_SIZE = 256
-_REPLACEMENTS = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
-                               "\u2013": "-", "\u2014": "-", "\u2026": "...", "\t": " ", "\n": " "})
-
-
-class TextError(ValueError):
-  """A transcript that cannot be encoded (empty, or a character outside the vocabulary)."""
+_REPLACEMENTS = str.maketrans(
+  {
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u2026": "...",
+    "\t": " ",
+    "\n": " ",
+  }
+)
 
 
 def normalize(text: str) -> str:
@@ -41,8 +50,10 @@ def _normalized(text: str, where: str) -> str:
 
 
 def _refuse(text: str, i: int, where: str, vocabulary: str) -> TextError:
-  return TextError(f"{where}: character {text[i]!r} (U+{ord(text[i]):04X}) at position {i} of "
-                   f"{text!r} is outside the vocabulary ({vocabulary})")
+  return TextError(
+    f"{where}: character {text[i]!r} (U+{ord(text[i]):04X}) at position {i} of "
+    f"{text!r} is outside the vocabulary ({vocabulary})"
+  )
 
 
 def encode(text: str, *, where: str = "text") -> np.ndarray:
@@ -105,12 +116,12 @@ def tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
 
   Raises ConfigError when the file is missing, or when the preset requires one and none is given.
   """
-  from jamflow_jax.config import ConfigError  # config imports this module
-
   path = config.model.text_vocab
   if path is None:
-    raise ConfigError(f"preset {config.preset!r} needs model.text_vocab: pass "
-                      "--config.model.text_vocab=/path/to/vocab.txt (F5-TTS's, one token a line)")
+    raise ConfigError(
+      f"preset {config.preset!r} needs model.text_vocab: pass "
+      "--config.model.text_vocab=/path/to/vocab.txt (F5-TTS's, one token a line)"
+    )
   if not path:
     return Latin1Tokenizer()
   if not os.path.isfile(path):
@@ -124,8 +135,7 @@ def tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
 def pad_to(ids: np.ndarray, length: int, *, where: str = "text") -> np.ndarray:
   """ids [n] -> [length] int32 padded with FILLER_ID; a transcript longer than `length` is an error."""
   if ids.shape[0] > length:
-    raise TextError(f"{where}: transcript of {ids.shape[0]} characters is longer than its "
-                    f"{length} mel frames")
+    raise TextError(f"{where}: transcript of {ids.shape[0]} characters is longer than its {length} mel frames")
   out = np.full((length,), FILLER_ID, np.int32)
-  out[:ids.shape[0]] = ids
+  out[: ids.shape[0]] = ids
   return out

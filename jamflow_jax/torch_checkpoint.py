@@ -27,31 +27,68 @@ TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
 
 _SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
-    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
+  "F64": np.float64,
+  "F32": np.float32,
+  "F16": np.float16,
+  "BF16": ml_dtypes.bfloat16,
+  "F8_E4M3": ml_dtypes.float8_e4m3fn,
+  "F8_E5M2": ml_dtypes.float8_e5m2,
+  "I64": np.int64,
+  "I32": np.int32,
+  "I16": np.int16,
+  "I8": np.int8,
+  "U64": np.uint64,
+  "U32": np.uint32,
+  "U16": np.uint16,
+  "U8": np.uint8,
+  "BOOL": np.bool_,
 }
 
 # Legacy typed-storage classes name the element type of a storage (torch.FloatStorage, ...).
 _STORAGE_DTYPES = {
-    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "ComplexDoubleStorage": np.complex128,
-    "ComplexFloatStorage": np.complex64, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
-    # Dtypes without a typed storage (uint16, float8, ...) are saved as untyped bytes and get
-    # their dtype from _rebuild_tensor_v3's argument.
-    "UntypedStorage": np.uint8,
+  "DoubleStorage": np.float64,
+  "FloatStorage": np.float32,
+  "HalfStorage": np.float16,
+  "BFloat16Storage": ml_dtypes.bfloat16,
+  "ComplexDoubleStorage": np.complex128,
+  "ComplexFloatStorage": np.complex64,
+  "LongStorage": np.int64,
+  "IntStorage": np.int32,
+  "ShortStorage": np.int16,
+  "CharStorage": np.int8,
+  "ByteStorage": np.uint8,
+  "BoolStorage": np.bool_,
+  # Dtypes without a typed storage (uint16, float8, ...) are saved as untyped bytes and get
+  # their dtype from _rebuild_tensor_v3's argument.
+  "UntypedStorage": np.uint8,
 }
 
 _TORCH_DTYPES = {
-    "float64": np.float64, "double": np.float64, "float32": np.float32, "float": np.float32,
-    "float16": np.float16, "half": np.float16, "bfloat16": ml_dtypes.bfloat16,
-    "complex128": np.complex128, "complex64": np.complex64, "int64": np.int64, "long": np.int64,
-    "int32": np.int32, "int": np.int32, "int16": np.int16, "short": np.int16, "int8": np.int8,
-    "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64, "bool": np.bool_,
-    "float8_e4m3fn": ml_dtypes.float8_e4m3fn, "float8_e5m2": ml_dtypes.float8_e5m2,
-    "float8_e4m3fnuz": ml_dtypes.float8_e4m3fnuz, "float8_e5m2fnuz": ml_dtypes.float8_e5m2fnuz,
+  "float64": np.float64,
+  "double": np.float64,
+  "float32": np.float32,
+  "float": np.float32,
+  "float16": np.float16,
+  "half": np.float16,
+  "bfloat16": ml_dtypes.bfloat16,
+  "complex128": np.complex128,
+  "complex64": np.complex64,
+  "int64": np.int64,
+  "long": np.int64,
+  "int32": np.int32,
+  "int": np.int32,
+  "int16": np.int16,
+  "short": np.int16,
+  "int8": np.int8,
+  "uint8": np.uint8,
+  "uint16": np.uint16,
+  "uint32": np.uint32,
+  "uint64": np.uint64,
+  "bool": np.bool_,
+  "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
+  "float8_e5m2": ml_dtypes.float8_e5m2,
+  "float8_e4m3fnuz": ml_dtypes.float8_e4m3fnuz,
+  "float8_e5m2fnuz": ml_dtypes.float8_e5m2fnuz,
 }
 
 
@@ -74,8 +111,9 @@ class _Storage:
       except KeyError:
         raise ValueError(f"storage record {self.member} is missing") from None
       if len(self._raw) < self.numel * self.dtype.itemsize:
-        raise ValueError(f"storage record {self.member} holds {len(self._raw)} bytes, fewer than "
-                         f"{self.numel} x {self.dtype}")
+        raise ValueError(
+          f"storage record {self.member} holds {len(self._raw)} bytes, fewer than {self.numel} x {self.dtype}"
+        )
     return self._raw
 
   def elements(self, dtype: np.dtype) -> np.ndarray:
@@ -94,8 +132,7 @@ def _strided(storage: _Storage, dtype: np.dtype, offset: int, size, stride) -> n
   """The tensor viewing `storage` at (offset, size, stride) in elements, as a new contiguous array."""
   size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
   if len(size) != len(stride) or any(s < 0 for s in size + stride) or offset < 0:
-    raise ValueError(f"tensor on {storage.member} has an invalid layout: size {size}, stride {stride}, "
-                     f"offset {offset}")
+    raise ValueError(f"tensor on {storage.member} has an invalid layout: size {size}, stride {stride}, offset {offset}")
   flat = storage.elements(dtype)
   if 0 in size:
     return np.zeros(size, dtype)
@@ -103,18 +140,17 @@ def _strided(storage: _Storage, dtype: np.dtype, offset: int, size, stride) -> n
   last = offset + sum((n - 1) * s for n, s in zip(size, stride))
   if last >= flat.size:
     raise ValueError(f"tensor on {storage.member} reaches element {last} of a storage of {flat.size}")
-  view = np.lib.stride_tricks.as_strided(flat[offset:], shape=size,
-                                         strides=[s * dtype.itemsize for s in stride], writeable=False)
+  view = np.lib.stride_tricks.as_strided(
+    flat[offset:], shape=size, strides=[s * dtype.itemsize for s in stride], writeable=False
+  )
   return np.array(view, dtype, order="C", copy=True)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None):
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
   return _strided(storage, storage.dtype, int(storage_offset), size, stride)
 
 
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype,
-                       metadata=None):
+def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
   return _strided(storage, np.dtype(dtype), int(storage_offset), size, stride)
 
 
@@ -140,22 +176,22 @@ def _device(kind: str, index: int | None = None) -> str:
 
 
 _ALLOWED = {
-    ("collections", "OrderedDict"): _StateDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch", "Size"): tuple,
-    ("torch", "device"): _device,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "bytearray"): bytearray,
-    ("builtins", "complex"): complex,
-    ("_codecs", "encode"): _codecs_encode,
-    # A storage class resolves to its element dtype (immutable, so a pickle cannot alter it).
-    **{("torch", name): np.dtype(dtype) for name, dtype in _STORAGE_DTYPES.items()},
-    ("torch.storage", "UntypedStorage"): np.dtype(np.uint8),
-    **{("torch", name): np.dtype(dtype) for name, dtype in _TORCH_DTYPES.items()},
+  ("collections", "OrderedDict"): _StateDict,
+  ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+  ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+  ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+  ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+  ("torch", "Size"): tuple,
+  ("torch", "device"): _device,
+  ("builtins", "set"): set,
+  ("builtins", "frozenset"): frozenset,
+  ("builtins", "bytearray"): bytearray,
+  ("builtins", "complex"): complex,
+  ("_codecs", "encode"): _codecs_encode,
+  # A storage class resolves to its element dtype (immutable, so a pickle cannot alter it).
+  **{("torch", name): np.dtype(dtype) for name, dtype in _STORAGE_DTYPES.items()},
+  ("torch.storage", "UntypedStorage"): np.dtype(np.uint8),
+  **{("torch", name): np.dtype(dtype) for name, dtype in _TORCH_DTYPES.items()},
 }
 
 
@@ -172,13 +208,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
       return _ALLOWED[(module, name)]
     except KeyError:
       raise UnsafeCheckpointError(
-          f"{self.path}: refusing to load global {module}.{name}; only tensors, storages, dtypes and "
-          "plain containers are read (re-save the state dict alone, or as safetensors)") from None
+        f"{self.path}: refusing to load global {module}.{name}; only tensors, storages, dtypes and "
+        "plain containers are read (re-save the state dict alone, or as safetensors)"
+      ) from None
 
   def persistent_load(self, pid):
     # torch.save writes ('storage', storage_type, key, location, numel) for each storage.
-    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-            and isinstance(pid[1], np.dtype)):
+    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], np.dtype)):
       raise ValueError(f"unsupported persistent id {pid!r}")
     _, dtype, key, _, numel = pid
     key = str(key)
@@ -201,14 +237,16 @@ def _load_torch_zip(path: str) -> dict:
     with open(path, "rb") as f:
       bare_pickle = f.read(1) == b"\x80"  # torch.save before the zip format
     if bare_pickle:
-      raise ValueError(f"{path}: legacy (pre-1.6) torch serialization is not read; re-save it with "
-                       "torch.save(torch.load(path), path) in torch >= 1.6 (zip format) or as safetensors")
+      raise ValueError(
+        f"{path}: legacy (pre-1.6) torch serialization is not read; re-save it with "
+        "torch.save(torch.load(path), path) in torch >= 1.6 (zip format) or as safetensors"
+      )
     raise ValueError(f"{path}: not a torch zip checkpoint")
   with zipfile.ZipFile(path) as archive:
     pickles = [n for n in archive.namelist() if n == "data.pkl" or (n.endswith("/data.pkl") and n.count("/") == 1)]
     if len(pickles) != 1:
       raise ValueError(f"{path}: expected one <root>/data.pkl in the zip, found {pickles or 'none'}")
-    root = pickles[0][:-len("data.pkl")]
+    root = pickles[0][: -len("data.pkl")]
     big_endian = False
     if f"{root}byteorder" in archive.namelist():  # absent in files from torch < 2.1: little-endian
       big_endian = archive.read(f"{root}byteorder").decode().strip() == "big"
@@ -216,8 +254,16 @@ def _load_torch_zip(path: str) -> dict:
       tree = _RestrictedUnpickler(archive.read(pickles[0]), archive, root, big_endian, path).load()
     except UnsafeCheckpointError:
       raise
-    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, EOFError, IndexError, KeyError,
-            zipfile.BadZipFile) as e:
+    except (
+      pickle.UnpicklingError,
+      ValueError,
+      TypeError,
+      AttributeError,
+      EOFError,
+      IndexError,
+      KeyError,
+      zipfile.BadZipFile,
+    ) as e:
       raise ValueError(f"{path}: cannot read the checkpoint ({e})") from e
   tree = _plain(tree)
   if not isinstance(tree, dict):
@@ -234,10 +280,10 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
   if header_len > len(data) - 8:
     raise ValueError(f"{path}: safetensors header of {header_len} bytes runs past the end of the file")
   try:
-    header = json.loads(data[8:8 + header_len])
+    header = json.loads(data[8 : 8 + header_len])
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ValueError(f"{path}: unreadable safetensors header ({e})") from e
-  body = memoryview(data)[8 + header_len:]
+  body = memoryview(data)[8 + header_len :]
   tensors = {}
   for name, entry in header.items():
     if name == "__metadata__":
@@ -249,8 +295,10 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
     except (KeyError, TypeError, ValueError) as e:
       raise ValueError(f"{path}: bad safetensors entry {name!r}: {entry!r}") from e
     if not 0 <= begin <= end <= len(body) or end - begin != int(np.prod(shape)) * dtype.itemsize:
-      raise ValueError(f"{path}: tensor {name!r} ({entry['dtype']} {list(shape)}) has data_offsets "
-                       f"{[begin, end]} that do not fit its size or the file")
+      raise ValueError(
+        f"{path}: tensor {name!r} ({entry['dtype']} {list(shape)}) has data_offsets "
+        f"{[begin, end]} that do not fit its size or the file"
+      )
     tensors[name] = np.frombuffer(body[begin:end], dtype).reshape(shape).copy()
   return tensors
 
@@ -274,8 +322,9 @@ def load(path: str | os.PathLike) -> dict:
       return _load_torch_zip(path)
   except (OSError, zipfile.BadZipFile) as e:
     raise ValueError(f"{path}: cannot read ({e})") from e
-  raise ValueError(f"{path}: unknown checkpoint type {suffix!r}; expected {SAFETENSORS_SUFFIX} or "
-                   f"one of {', '.join(TORCH_SUFFIXES)}")
+  raise ValueError(
+    f"{path}: unknown checkpoint type {suffix!r}; expected {SAFETENSORS_SUFFIX} or one of {', '.join(TORCH_SUFFIXES)}"
+  )
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:

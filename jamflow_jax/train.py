@@ -10,9 +10,9 @@ import json
 import os
 import signal
 import threading
-import time
 from typing import Any, Iterator
 
+import einops
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,21 +21,30 @@ import optax
 from absl import logging
 from flax import nnx, struct
 
-from jamflow_jax import checkpoint as checkpoint_lib
-from jamflow_jax import config as config_lib
-from jamflow_jax import paths, run_lock
-from jamflow_jax import flops, flow, metrics as metrics_lib, model as model_lib, sharding
+from jamflow_jax import (
+  axes,
+  checkpoint as checkpoint_lib,
+  config as config_lib,
+  flow,
+  metrics as metrics_lib,
+  model as model_lib,
+  paths,
+  run_lock,
+  sharding,
+)
+from jamflow_jax.errors import ConfigError, NonFiniteError
+from jamflow_jax.eval.evaluate import TrainingEvaluator
 from jamflow_jax.model import attention, f5tts
 
 BATCH_NDIM = {"mel": 3, "mel_valid": 2, "motion": 3, "motion_valid": 2, "text": 2}
 
 
 class TrainState(struct.PyTreeNode):
-  step: jax.Array        # int32 []
-  params: Any            # plain dict of float32 arrays
-  ema_params: Any        # exponential moving average of params
+  step: jax.Array  # int32 []
+  params: Any  # plain dict of float32 arrays
+  ema_params: Any  # exponential moving average of params
   opt_state: Any
-  rng: jax.Array         # uint32 [2]; step keys are fold_in(rng, step), so resuming is exact
+  rng: jax.Array  # uint32 [2]; step keys are fold_in(rng, step), so resuming is exact
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -43,11 +52,12 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   warmup = max(int(o.warmup_steps), 1)
   decay_steps = max(int(config.train.num_steps) - warmup, 1)
   end = o.learning_rate * o.end_lr_ratio
-  after = {"constant": optax.constant_schedule(o.learning_rate),
-           "linear": optax.linear_schedule(o.learning_rate, end, decay_steps),
-           "cosine": optax.cosine_decay_schedule(o.learning_rate, decay_steps, alpha=o.end_lr_ratio)}
-  return optax.join_schedules([optax.linear_schedule(0.0, o.learning_rate, warmup), after[o.schedule]],
-                              [warmup])
+  after = {
+    "constant": optax.constant_schedule(o.learning_rate),
+    "linear": optax.linear_schedule(o.learning_rate, end, decay_steps),
+    "cosine": optax.cosine_decay_schedule(o.learning_rate, decay_steps, alpha=o.end_lr_ratio),
+  }
+  return optax.join_schedules([optax.linear_schedule(0.0, o.learning_rate, warmup), after[o.schedule]], [warmup])
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -55,9 +65,11 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   o = config.optim
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   return optax.chain(
-      optax.clip_by_global_norm(o.grad_clip),
-      optax.adamw(learning_rate_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
-                  weight_decay=o.weight_decay, mask=decay_mask))
+    optax.clip_by_global_norm(o.grad_clip),
+    optax.adamw(
+      learning_rate_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask
+    ),
+  )
 
 
 class Trainer:
@@ -74,18 +86,32 @@ class Trainer:
     rep = sharding.replicated(mesh)
     opt_state = jax.eval_shape(self.tx.init, abstract_params)
     self.state_shardings = TrainState(
-        step=rep, params=param_sh, ema_params=param_sh, rng=rep,
-        opt_state=optax.tree_map_params(self.tx, lambda _, s: s, opt_state, param_sh,
-                                        transform_non_params=lambda _: rep))
+      step=rep,
+      params=param_sh,
+      ema_params=param_sh,
+      rng=rep,
+      opt_state=optax.tree_map_params(self.tx, lambda _, s: s, opt_state, param_sh, transform_non_params=lambda _: rep),
+    )
     self.abstract_state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, ema_params=abstract_params,
-                   opt_state=opt_state, rng=jax.ShapeDtypeStruct((2,), jnp.uint32)),
-        self.state_shardings)
-    self.batch_shardings = {k: sharding.batch_sharding(mesh, n) for k, n in BATCH_NDIM.items()}
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=abstract_params,
+        ema_params=abstract_params,
+        opt_state=opt_state,
+        rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+      ),
+      self.state_shardings,
+    )
+    self.batch_mesh_axes = sharding.batch_axes(config)
+    self.batch_shardings = {k: sharding.batch_sharding(mesh, n, self.batch_mesh_axes) for k, n in BATCH_NDIM.items()}
     self._jit_init = jax.jit(self._init, out_shardings=self.state_shardings)
-    self._jit_step = jax.jit(self._step, in_shardings=(self.state_shardings, self.batch_shardings),
-                             out_shardings=(self.state_shardings, rep), donate_argnums=0)
+    self._jit_step = jax.jit(
+      self._step,
+      in_shardings=(self.state_shardings, self.batch_shardings),
+      out_shardings=(self.state_shardings, rep),
+      donate_argnums=0,
+    )
 
   def context(self):
     return sharding.use_mesh(self.mesh, self.config)
@@ -94,14 +120,16 @@ class Trainer:
     init_key, state_key = jax.random.split(rng)
     model = model_lib.JamFlow(self.config, rngs=nnx.Rngs(params=init_key))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                      opt_state=self.tx.init(params), rng=state_key)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=self.tx.init(params), rng=state_key
+    )
 
   def _step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
     loss_and_grad = jax.value_and_grad(
-        lambda params, batch, d, frames: flow.loss(nnx.merge(self.graphdef, params), batch, d, self.config.flow,
-                                                   frames), has_aux=True)
+      lambda params, batch, d, frames: flow.loss(nnx.merge(self.graphdef, params), batch, d, self.config.flow, frames),
+      has_aux=True,
+    )
     d = flow.draw(rng, batch, self.config.flow, config_lib.motion_step(self.config))
     k = int(self.config.train.microbatches)
     if k == 1:
@@ -116,8 +144,11 @@ class Trainer:
     metrics.update(grad_norm=optax.tree.norm(grads), lr=self.schedule(state.step))
     if self.config.train.skip_nonfinite:  # a NaN/inf step leaves the weights and moments as they were
       finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-      params, ema, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, ema, opt_state),
-                                            (state.params, state.ema_params, state.opt_state))
+      params, ema, opt_state = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old),
+        (params, ema, opt_state),
+        (state.params, state.ema_params, state.opt_state),
+      )
     return state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state), metrics
 
   def _accumulate(self, loss_and_grad, params, batch: dict, d: flow.Draw, k: int) -> tuple[Any, dict]:
@@ -130,8 +161,8 @@ class Trainer:
     frames = flow.generated_frames(d.plan)
 
     def split(x):  # [B, ...] -> [k, B / k, ...], the B / k rows sharded as the batch was
-      x = jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0)
-      return sharding.constrain(x, (None, "batch") + (None,) * (x.ndim - 2))
+      x = einops.rearrange(x, "(rows k) ... -> k rows ...", k=k)
+      return sharding.constrain(x, (None, axes.BATCH) + (None,) * (x.ndim - 2))
 
     def body(total, micro):
       (_, metrics), grads = loss_and_grad(params, *micro, frames)
@@ -151,16 +182,22 @@ class Trainer:
     with self.context():
       return self._jit_step(state, batch)
 
+  def lower_step(self, abstract_batch: dict[str, jax.ShapeDtypeStruct]) -> jax.stages.Lowered:
+    """The train step lowered for the abstract state and `abstract_batch` (ahead-of-time compiles)."""
+    with self.context():
+      return self._jit_step.lower(self.abstract_state, abstract_batch)
+
   def global_batch(self, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     missing = set(BATCH_NDIM) - set(host_batch)
     if missing:
       raise KeyError(f"batch lacks keys {sorted(missing)} of the batch contract {sorted(BATCH_NDIM)}")
-    return sharding.host_batch_to_global({k: host_batch[k] for k in BATCH_NDIM}, self.mesh,
-                                         self.config.train.batch_size)
+    return sharding.host_batch_to_global(
+      {k: host_batch[k] for k in BATCH_NDIM}, self.mesh, self.config.train.batch_size, self.batch_mesh_axes
+    )
 
   def process_rows(self) -> np.ndarray:
     """The rows of each global batch this process loads (`sharding.process_rows`)."""
-    return sharding.process_rows(self.mesh, self.config.train.batch_size)
+    return sharding.process_rows(self.mesh, self.config.train.batch_size, self.batch_mesh_axes)
 
 
 def init_from_f5(trainer: Trainer, state: TrainState) -> TrainState:
@@ -170,31 +207,21 @@ def init_from_f5(trainer: Trainer, state: TrainState) -> TrainState:
   try:
     state_dict = f5tts.load_f5_checkpoint(path)
   except ValueError as e:  # unreadable, unknown or unsafe file; the message names it
-    raise config_lib.ConfigError(f"train.init_from: {e}") from None
+    raise ConfigError(f"train.init_from: {e}") from None
   converted = f5tts.convert(state_dict, trainer.abstract_state.params, config)
-  logging.info("audio stream from F5-TTS (train.init_layout=%s) %s: %d of the model's %d parameters "
-               "in %d tensors; the motion stream starts random",
-               config.train.init_layout, path, model_lib.count_params(converted),
-               model_lib.count_params(state.params), len(jax.tree.leaves(converted)))
+  logging.info(
+    "audio stream from F5-TTS (train.init_layout=%s) %s: %d of the model's %d parameters "
+    "in %d tensors; the motion stream starts random",
+    config.train.init_layout,
+    path,
+    model_lib.count_params(converted),
+    model_lib.count_params(state.params),
+    len(jax.tree.leaves(converted)),
+  )
   # Two placements: params and ema_params are donated to the step and must not share buffers.
-  return state.replace(params=f5tts.merge_params(state.params, converted),
-                       ema_params=f5tts.merge_params(state.ema_params, converted))
-
-
-def make_source(config: ml_collections.ConfigDict, rows: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """The configured batch source (an iterator with get_state/set_state) of the global batch
-  positions `rows` (default all; a trainer's `process_rows()` under several processes)."""
-  if config.data.source == "synthetic":
-    from data_pipelines.synthetic import SyntheticBatches
-    logging.warning("data.source=synthetic: training on SYNTHETIC batches (not speech, not faces).")
-    return SyntheticBatches(config, rows=rows)
-  from data_pipelines import pipeline
-  source, motion = pipeline.open_source(config)
-  return pipeline.make_iterator(source, motion, config, rows=rows)
-
-
-class NonFiniteError(Exception):
-  """A training step whose loss or gradient norm is NaN or inf; the message names the step."""
+  return state.replace(
+    params=f5tts.merge_params(state.params, converted), ema_params=f5tts.merge_params(state.ema_params, converted)
+  )
 
 
 class Preemption:
@@ -218,6 +245,7 @@ class Preemption:
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       return multihost_utils.reached_preemption_sync_point(step)
     return self.signalled
 
@@ -235,20 +263,31 @@ def _check_finite(steps: list[tuple[int, Any, Any]], skip: bool, ckpt) -> int:
     return 0
   step, loss, g = bad[0]
   if skip:
-    logging.warning("step %d: loss %s, gradient norm %s: update skipped (%d such step(s) in this interval)",
-                    step, loss, g, len(bad))
+    logging.warning(
+      "step %d: loss %s, gradient norm %s: update skipped (%d such step(s) in this interval)", step, loss, g, len(bad)
+    )
     return len(bad)
   last = ckpt.latest_step()
   raise NonFiniteError(
-      f"step {step}: loss {loss}, gradient norm {g}; stopped before saving it "
-      + (f"(the last checkpoint, step {last}, is intact)" if last is not None else "(no checkpoint saved)")
-      + "; lower optim.learning_rate or set train.skip_nonfinite=True")
+    f"step {step}: loss {loss}, gradient norm {g}; stopped before saving it "
+    + (f"(the last checkpoint, step {last}, is intact)" if last is not None else "(no checkpoint saved)")
+    + "; lower optim.learning_rate or set train.skip_nonfinite=True"
+  )
 
 
-def train(config: ml_collections.ConfigDict, workdir: str,
-          source: Iterator[dict[str, np.ndarray]] | None = None) -> dict[int, float]:
+def train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  source: Iterator[dict[str, np.ndarray]],
+  validation: list[dict] | None = None,
+) -> dict[int, float]:
   """Trains to `train.num_steps`, resuming from DIR/checkpoints if present (one run per workdir: a
   second is refused, run_lock). SIGTERM saves a checkpoint at the next step boundary and returns.
+
+  `source`: host batches of this process' rows (`process_rows`), an iterator with get_state/set_state
+  to resume where it was and `.motion` (the motion description) for real data; `validation`: records
+  to evaluate on every `eval.every_steps` (None: no evaluation). `data_pipelines.sources.for_training`
+  makes both from the config.
 
   Returns {step: loss} for the steps run in this call (host floats, fetched at logging time).
   """
@@ -256,55 +295,47 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   directory = paths.workdir_path(workdir)  # local or gs://...: through etils.epath
   directory.mkdir(parents=True, exist_ok=True)
   with run_lock.RunLock(workdir, "training"):
-    return _train(config, workdir, directory, source)
+    return _train(config, workdir, directory, source, validation)
 
 
-def _train(config, workdir, directory, source) -> dict[int, float]:
+def _start(trainer: Trainer, ckpt: checkpoint_lib.Checkpointer, source) -> TrainState:
+  """The state to continue from: the latest intact checkpoint (with the source where it was), or a new
+  one (its audio stream from F5-TTS under train.init_from)."""
+  restored = ckpt.restore(trainer.abstract_state)
+  if restored is None:
+    state = trainer.init(trainer.config.train.seed)
+    return init_from_f5(trainer, state) if trainer.config.train.init_from else state
+  state, data_state = restored
+  if data_state is not None and hasattr(source, "set_state"):
+    source.set_state(data_state)
+  logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
+  return state
+
+
+def _train(config, workdir, directory, source, validation) -> dict[int, float]:
   mesh = sharding.make_mesh(config)
   logging.info("mesh %s over %d devices (%s)", dict(mesh.shape), mesh.size, jax.devices()[0].device_kind)
   trainer = Trainer(config, mesh)
-  rows = trainer.process_rows()
-  if jax.process_count() > 1:
-    logging.info("process %d loads rows %s of each global batch of %d", jax.process_index(),
-                 _ranges(rows), config.train.batch_size)
-  source = make_source(config, rows) if source is None else source
   ckpt = checkpoint_lib.Checkpointer(workdir, config)
-  restored = ckpt.restore(trainer.abstract_state)
-  if restored is not None:
-    state, data_state = restored
-    if data_state is not None and hasattr(source, "set_state"):
-      source.set_state(data_state)
-    logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
-  else:
-    state = trainer.init(config.train.seed)
-    if config.train.init_from:
-      state = init_from_f5(trainer, state)
+  state = _start(trainer, ckpt, source)
   # Only now that the checkpoint has been accepted: a refused resume leaves the workdir as it was.
+  motion = getattr(source, "motion", None)  # for un-normalising generated motion
   if jax.process_index() == 0:
     (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
-    if hasattr(source, "motion"):  # for un-normalising generated motion
-      (directory / "motion_stats.json").write_text(json.dumps(source.motion))
-
-  evaluator = None
-  if config.eval.every_steps and config.data.source != "synthetic":  # every process takes part
-    from jamflow_jax.eval.evaluate import TrainingEvaluator
-    evaluator = TrainingEvaluator(config, getattr(source, "motion", None))
-  first = int(state.step)
-  num_steps = int(config.train.num_steps)
+    if motion is not None:
+      (directory / "motion_stats.json").write_text(json.dumps(motion))
+  # Every process takes part in evaluation (the weights are gathered from the mesh).
+  evaluator = TrainingEvaluator(config, validation, motion) if validation is not None else None
+  first, num_steps = int(state.step), int(config.train.num_steps)
   skip_nonfinite = bool(config.train.skip_nonfinite)
   logger = metrics_lib.MetricsLogger(workdir, num_steps, first)
+  throughput = metrics_lib.Throughput(config, trainer.process_rows().size, first)
   preemption = Preemption()
-  peak = flops.peak_flops_per_device(config) * jax.device_count()
-  history, pending, losses, unchecked = {}, [], [], []
-  t_last, n_last, valid_frames, interval_flops, skipped = None, first, 0.0, 0.0, 0
+  history, pending, losses, unchecked, skipped = {}, [], [], [], 0
   try:
     for step in range(first + 1, num_steps + 1):
       host_batch = next(source)
-      # Estimated from this process' rows (the global count would need a collective).
-      valid_frames += float(np.sum(host_batch["mel_valid"])) * config.train.batch_size / rows.size
-      # Batches are length-bucketed: count the FLOPs of this batch's padded shape.
-      interval_flops += flops.train_flops(config, host_batch["mel"].shape[1],
-                                          host_batch["motion"].shape[1]) * config.train.batch_size
+      throughput.add(host_batch)
       state, step_metrics = trainer.step(state, trainer.global_batch(host_batch))
       pending.append(step_metrics)
       losses.append((step, step_metrics["loss"]))
@@ -314,7 +345,8 @@ def _train(config, workdir, directory, source) -> dict[int, float]:
       preempted = preemption.reached(step)
       last = preempted or step == num_steps
       saving = last or step % ckpt.every_steps == 0
-      if saving or step % config.train.log_every_steps == 0:  # before any checkpoint: no NaN is saved
+      logging_now = step % config.train.log_every_steps == 0 or last
+      if saving or logging_now:  # before any checkpoint: no NaN is saved
         skipped += _check_finite(unchecked, skip_nonfinite, ckpt)
         unchecked = []
       if saving:
@@ -323,27 +355,21 @@ def _train(config, workdir, directory, source) -> dict[int, float]:
         results = evaluator(state.ema_params, step, logger.writer)
         if config.train.metrics_file:
           _append_metrics(config.train.metrics_file, {"step": step, "eval": results})
-      if step % config.train.log_every_steps == 0 or last:
+      if logging_now:
         scalars = metrics_lib.reduce_interval(pending)
         if skip_nonfinite:
           scalars["skipped_steps"] = skipped
+        scalars.update(throughput.interval(step))
         history.update((s, float(v)) for s, v in jax.device_get(losses))
-        now = time.perf_counter()
-        if t_last is not None:  # the first interval includes compilation: no throughput for it
-          steps_per_s = (step - n_last) / (now - t_last)
-          scalars.update(steps_per_s=steps_per_s, examples_per_s=steps_per_s * config.train.batch_size,
-                         frames_per_s=valid_frames / (now - t_last))
-          if peak:
-            scalars["mfu"] = interval_flops / (now - t_last) / peak
         logger.write(step, scalars)
         if config.train.metrics_file:
-          _append_metrics(config.train.metrics_file,
-                          {"step": step, "losses": {s: history[s] for s, _ in losses}, "scalars": scalars})
-        pending, losses, t_last, n_last, valid_frames, interval_flops = [], [], now, step, 0.0, 0.0
+          _append_metrics(
+            config.train.metrics_file, {"step": step, "losses": {s: history[s] for s, _ in losses}, "scalars": scalars}
+          )
+        pending, losses = [], []
       if preempted:
         ckpt.wait()
-        logging.warning("stopped by SIGTERM at step %d, its checkpoint saved; re-run the same command to resume",
-                        step)
+        logging.warning("stopped by SIGTERM at step %d, its checkpoint saved; re-run the same command to resume", step)
         break
   finally:  # whatever stops the loop, the checkpoints already started are completed
     preemption.close()
@@ -363,9 +389,3 @@ def _append_metrics(path: str, record: dict) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "a") as f:
     f.write(json.dumps({**record, "process": jax.process_index()}) + "\n")
-
-
-def _ranges(rows: np.ndarray) -> str:
-  """[0 1 2 3 8 9] -> '0-3, 8-9' (for logs)."""
-  cuts = np.flatnonzero(np.diff(rows) != 1) + 1
-  return ", ".join(f"{r[0]}-{r[-1]}" if r.size > 1 else f"{r[0]}" for r in np.split(rows, cuts))

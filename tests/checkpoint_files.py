@@ -21,22 +21,39 @@ import ml_dtypes
 import numpy as np
 
 _SAFETENSORS_NAMES = {
-    np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
-    np.dtype(ml_dtypes.bfloat16): "BF16", np.dtype(np.int64): "I64", np.dtype(np.int32): "I32",
-    np.dtype(np.int16): "I16", np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8", np.dtype(np.bool_): "BOOL",
+  np.dtype(np.float64): "F64",
+  np.dtype(np.float32): "F32",
+  np.dtype(np.float16): "F16",
+  np.dtype(ml_dtypes.bfloat16): "BF16",
+  np.dtype(np.int64): "I64",
+  np.dtype(np.int32): "I32",
+  np.dtype(np.int16): "I16",
+  np.dtype(np.int8): "I8",
+  np.dtype(np.uint8): "U8",
+  np.dtype(np.bool_): "BOOL",
 }
 
 _STORAGE_NAMES = {
-    np.dtype(np.float64): "DoubleStorage", np.dtype(np.float32): "FloatStorage",
-    np.dtype(np.float16): "HalfStorage", np.dtype(ml_dtypes.bfloat16): "BFloat16Storage",
-    np.dtype(np.int64): "LongStorage", np.dtype(np.int32): "IntStorage", np.dtype(np.int16): "ShortStorage",
-    np.dtype(np.int8): "CharStorage", np.dtype(np.uint8): "ByteStorage", np.dtype(np.bool_): "BoolStorage",
+  np.dtype(np.float64): "DoubleStorage",
+  np.dtype(np.float32): "FloatStorage",
+  np.dtype(np.float16): "HalfStorage",
+  np.dtype(ml_dtypes.bfloat16): "BFloat16Storage",
+  np.dtype(np.int64): "LongStorage",
+  np.dtype(np.int32): "IntStorage",
+  np.dtype(np.int16): "ShortStorage",
+  np.dtype(np.int8): "CharStorage",
+  np.dtype(np.uint8): "ByteStorage",
+  np.dtype(np.bool_): "BoolStorage",
 }
 
 
 # Dtypes that torch saves as untyped bytes plus a dtype argument (_rebuild_tensor_v3).
-_V3_DTYPE_NAMES = {np.dtype(np.uint16): "uint16", np.dtype(np.uint32): "uint32",
-                   np.dtype(ml_dtypes.float8_e4m3fn): "float8_e4m3fn", np.dtype(ml_dtypes.float8_e5m2): "float8_e5m2"}
+_V3_DTYPE_NAMES = {
+  np.dtype(np.uint16): "uint16",
+  np.dtype(np.uint32): "uint32",
+  np.dtype(ml_dtypes.float8_e4m3fn): "float8_e4m3fn",
+  np.dtype(ml_dtypes.float8_e5m2): "float8_e5m2",
+}
 
 
 def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:
@@ -46,8 +63,11 @@ def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None
     header["__metadata__"] = metadata
   for name, array in tensors.items():
     data = np.ascontiguousarray(array).tobytes()
-    header[name] = {"dtype": _SAFETENSORS_NAMES[array.dtype], "shape": list(array.shape),
-                    "data_offsets": [offset, offset + len(data)]}
+    header[name] = {
+      "dtype": _SAFETENSORS_NAMES[array.dtype],
+      "shape": list(array.shape),
+      "data_offsets": [offset, offset + len(data)],
+    }
     chunks.append(data)
     offset += len(data)
   text = json.dumps(header).encode()
@@ -148,7 +168,7 @@ def write_torch_zip(path, tree, *, root: str = "archive", byteorder: str | None 
       return type(node)(convert(v) for v in node)
     if isinstance(node, np.ndarray):
       flat = np.ascontiguousarray(node).reshape(-1)
-      stride = [int(np.prod(node.shape[i + 1:])) for i in range(node.ndim)]
+      stride = [int(np.prod(node.shape[i + 1 :])) for i in range(node.ndim)]
       node = View(flat, 0, node.shape, stride)
     if isinstance(node, View):
       return _Tensor(torch, storage_of(node.base), node)

@@ -3,13 +3,13 @@
 import os
 
 os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
+  [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
+).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402  (the flags above must be set before JAX initialises)
 
-_CACHE = os.environ.get("JAMFLOW_JAX_CACHE",
-                        os.path.join(os.path.dirname(os.path.dirname(__file__)), ".jax_cache"))
+_CACHE = os.environ.get("JAMFLOW_JAX_CACHE", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".jax_cache"))
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -27,8 +27,16 @@ def tiny_config():
   return config
 
 
-def write_random_corpus(directory, num_records: int = 40, *, min_frames: int = 20, max_frames: int = 60,
-                        seed: int = 0, records_per_shard: int = 16, validation_every: int = 5):
+def write_random_corpus(
+  directory,
+  num_records: int = 40,
+  *,
+  min_frames: int = 20,
+  max_frames: int = 60,
+  seed: int = 0,
+  records_per_shard: int = 16,
+  validation_every: int = 5,
+):
   """A valid corpus of random mel/motion (every `validation_every`-th record in validation)."""
   import numpy as np
 
@@ -39,10 +47,16 @@ def write_random_corpus(directory, num_records: int = 40, *, min_frames: int = 2
   with shards.CorpusWriter(directory, records_per_shard=records_per_shard) as writer:
     for i in range(num_records):
       frames = int(rng.integers(min_frames, max_frames + 1))
-      writer.add("validation" if i % validation_every == validation_every - 1 else "train", {
-          "id": f"utt-{i:04d}", "speaker": f"spk-{i % 3}", "text": f"utt {i}.",
+      writer.add(
+        "validation" if i % validation_every == validation_every - 1 else "train",
+        {
+          "id": f"utt-{i:04d}",
+          "speaker": f"spk-{i % 3}",
+          "text": f"utt {i}.",
           "mel": rng.normal(-5, 2, (frames, 100)).astype(np.float32),
-          "motion": rng.normal(0.1, 0.5, (motion_frames_for(frames), 61)).astype(np.float32)})
+          "motion": rng.normal(0.1, 0.5, (motion_frames_for(frames), 61)).astype(np.float32),
+        },
+      )
   return shards.Corpus(directory)
 
 
@@ -50,6 +64,7 @@ def train_tiny_workdir(root, **settings):
   """root/work: the tiny preset trained two steps on a random corpus at root/corpus (so motion
   statistics and a checkpoint exist); `settings` are config overrides, e.g. eval__every_steps=2."""
   from configs.base import get_config
+  from data_pipelines import sources
   from jamflow_jax import train
 
   write_random_corpus(root / "corpus", 24, min_frames=20, max_frames=45)
@@ -59,5 +74,5 @@ def train_tiny_workdir(root, **settings):
   for key, value in settings.items():
     section, name = key.split("__")
     config[section][name] = value
-  train.train(config, str(root / "work"))
+  train.train(config, str(root / "work"), *sources.for_training(config))
   return root / "work"

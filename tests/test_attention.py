@@ -43,11 +43,15 @@ def test_reference_matches_a_naive_masked_softmax(window):
   b, la, lm, h, d = 2, 20, 6, 2, 8
   mod, time, valid = _random_tokens(rng, b, la, lm)
   q, k, v = (rng.normal(size=(b, la + lm, h, d)).astype(np.float32) for _ in range(3))
-  out = joint_attention(q, k, v, q_mod=mod, kv_mod=mod, q_time=time, kv_time=time, q_valid=valid,
-                        kv_valid=valid, window=window)
+  out = joint_attention(
+    q, k, v, q_mod=mod, kv_mod=mod, q_time=time, kv_time=time, q_valid=valid, kv_valid=valid, window=window
+  )
   allowed = np.asarray(joint_mask(mod, mod, time, time, valid, valid, window))
-  expected_allowed = (valid[:, :, None] & valid[:, None, :]
-                      & ((mod[:, :, None] == mod[:, None, :]) | (np.abs(time[:, :, None] - time[:, None, :]) <= window)))
+  expected_allowed = (
+    valid[:, :, None]
+    & valid[:, None, :]
+    & ((mod[:, :, None] == mod[:, None, :]) | (np.abs(time[:, :, None] - time[:, None, :]) <= window))
+  )
   np.testing.assert_array_equal(allowed, expected_allowed)
   np.testing.assert_allclose(np.asarray(out), _naive_attention(q, k, v, allowed), atol=1e-5)
 
@@ -66,8 +70,9 @@ def test_rows_without_keys_are_zero_with_zero_gradient():
   q_time = time.at[:, 6:].set(100.0)
 
   def f(q, k, v):
-    return joint_attention(q, k, v, q_mod=q_mod, kv_mod=mod, q_time=q_time, kv_time=time, q_valid=q_valid,
-                           kv_valid=kv_valid, window=0.0)
+    return joint_attention(
+      q, k, v, q_mod=q_mod, kv_mod=mod, q_time=q_time, kv_time=time, q_valid=q_valid, kv_valid=kv_valid, window=0.0
+    )
 
   out = f(q, k, v)
   assert bool(jnp.all(out[:, 6:] == 0)) and bool(jnp.all(jnp.isfinite(out)))
@@ -92,7 +97,7 @@ def test_audio_and_motion_tokens_at_one_instant_rotate_alike():
   # logits depend on the time difference only
   q = rope_angles(jnp.array([[2.5, 10.0]]), 16)
   k = rope_angles(jnp.array([[0.0, 7.5]]), 16)
-  dots = [jnp.sum(apply_rope(x, q[:, i:i + 1]) * apply_rope(x[..., ::-1], k[:, i:i + 1])) for i in range(2)]
+  dots = [jnp.sum(apply_rope(x, q[:, i : i + 1]) * apply_rope(x[..., ::-1], k[:, i : i + 1])) for i in range(2)]
   np.testing.assert_allclose(dots[0], dots[1], rtol=1e-5)
 
 
@@ -106,7 +111,19 @@ class TestLocalJointMaskInAJointLayer:
     config.model.joint_window_s = 0.1  # 9.375 mel frames either side
     self.window = joint_window_frames(config)
     with sharding.use_mesh(sharding.single_device_mesh(config), config):
-      self.layer = DualLayer(32, 32, 2, 16, 2, True, joint=True, rngs=nnx.Rngs(0), dtype=jnp.float32)
+      self.layer = DualLayer(
+        32,
+        32,
+        2,
+        16,
+        2,
+        True,
+        joint=True,
+        window=self.window,
+        attention=AttentionOptions("xla"),
+        rngs=nnx.Rngs(0),
+        dtype=jnp.float32,
+      )
     # adaLN-zero starts with closed gates; open them so the attention output reaches the residual.
     for block in (self.layer.audio, self.layer.motion):
       block.modulation.proj.bias[...] = jnp.ones_like(block.modulation.proj.bias[...])
@@ -118,11 +135,15 @@ class TestLocalJointMaskInAJointLayer:
     self.kick = jax.random.normal(rng[3], (32,))  # not a constant: LayerNorm would erase that
 
   def audio_out(self, xm, window=None, attn=AttentionOptions("xla")):
+    # The layer's static settings, as a layer built with this window and these options holds them.
+    self.layer.window, self.layer.attention = self.window if window is None else window, attn
+
     def tokens(mod, time, valid):
       return Tokens(jnp.full(valid.shape, mod, jnp.int32), time, valid, rope_angles(time, 16))
+
     ta = tokens(AUDIO, jnp.arange(self.la, dtype=jnp.float32)[None], jnp.ones((1, self.la), bool))
     tm = tokens(MOTION, jnp.arange(self.lm, dtype=jnp.float32)[None] * 3.75, self.motion_valid)
-    ya, _ = self.layer(self.xa, xm, self.temb, self.temb, ta, tm, self.window if window is None else window, attn)
+    ya, _ = self.layer(self.xa, xm, self.temb, self.temb, ta, tm)
     return ya
 
   @pytest.mark.parametrize("attn", [AttentionOptions("xla"), AttentionOptions("pallas", "interpret", 16, 16)])

@@ -13,10 +13,18 @@ import pytest
 from conftest import write_random_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config=configs/base.py:tiny", "--config.data.max_mel_frames=32", "--config.checkpoint.every_steps=2",
-        "--config.eval.every_steps=2", "--config.eval.tasks=('a2m',)", "--config.eval.train_examples=1",
-        "--config.eval.num_examples=1", "--config.eval.render=False", "--config.sample.nfe=2",
-        "--config.sample.video=False"]
+TINY = [
+  "--config=configs/base.py:tiny",
+  "--config.data.max_mel_frames=32",
+  "--config.checkpoint.every_steps=2",
+  "--config.eval.every_steps=2",
+  "--config.eval.tasks=('a2m',)",
+  "--config.eval.train_examples=1",
+  "--config.eval.num_examples=1",
+  "--config.eval.render=False",
+  "--config.sample.nfe=2",
+  "--config.sample.video=False",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,20 +33,31 @@ def gcs(tmp_path_factory):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  server = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "gcs_emulator.py"), str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  server = subprocess.Popen(
+    [sys.executable, os.path.join(ROOT, "tests", "gcs_emulator.py"), str(port)],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+  )
   try:
     assert server.stdout.readline().strip() == "ready"
     url = f"http://127.0.0.1:{port}"
     # gcsfs' experimental bucket-layout lookup is a gRPC call to Google itself (no network here: it
     # waits for its timeouts); the emulator is a plain bucket.
-    env = dict(os.environ, STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url, GOOGLE_CLOUD_PROJECT="test",
-               GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
-               JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")))
+    env = dict(
+      os.environ,
+      STORAGE_EMULATOR_HOST=url,
+      TENSORSTORE_GCS_HTTP_URL=url,
+      GOOGLE_CLOUD_PROJECT="test",
+      GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS="--xla_force_host_platform_device_count=1",
+      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+    )
     os.environ["STORAGE_EMULATOR_HOST"] = url  # for this process's gcsfs
     os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
     import gcsfs
+
     yield env, gcsfs.GCSFileSystem(project="test", token="anon", skip_instance_cache=True)
   finally:
     os.environ.pop("STORAGE_EMULATOR_HOST", None)
@@ -48,8 +67,14 @@ def gcs(tmp_path_factory):
 
 
 def _main(env, *args: str) -> str:
-  result = subprocess.run([sys.executable, "-m", "jamflow_jax.main", *TINY, *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-m", "jamflow_jax.main", *TINY, *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stderr
 

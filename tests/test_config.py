@@ -30,7 +30,9 @@ def test_motion_frames_follow_the_contract():
   assert motion_frames(config, 376) == 101
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize(
+  "override, message",
+  [
     (lambda c: setattr(c.model, "joint_layers", (0, 5)), "model.joint_layers (0, 5) out of range for model.depth=2"),
     (lambda c: setattr(c.mesh, "shape", (3, 1, 1)), "mesh.shape (3, 1, 1) needs 3 devices but 8 are present"),
     (lambda c: setattr(c.mesh, "shape", (-1, 3, 1)), "does not divide the 8 devices"),
@@ -40,7 +42,8 @@ def test_motion_frames_follow_the_contract():
     (lambda c: setattr(c.model, "attention_backend", "cuda"), "model.attention_backend='cuda'; available: auto"),
     (lambda c: setattr(c.model, "attention_block_q", 24), "model.attention_block_q=24 must be 0"),
     (lambda c: setattr(c.flow, "span_min", 0.0), "flow.span_min=0.0"),
-])
+  ],
+)
 def test_bad_configs_fail_with_a_clear_message(override, message):
   config = get_config("tiny")
   override(config)
@@ -53,16 +56,27 @@ def test_unknown_preset():
     get_config("huge")
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (["--config=configs/base.py:huge"], "config error: unknown preset 'huge'"),
-    (["--config=configs/base.py:tiny", "--config.model.joint_layers=(7,)"],
-     "config error: model.joint_layers (7,) out of range"),
-    (["--config=configs/base.py:tiny", "--config.data.path=/nowhere"],
-     "config error: data.path='/nowhere': /nowhere is not a jamflow corpus"),
-])
+    (
+      ["--config=configs/base.py:tiny", "--config.model.joint_layers=(7,)"],
+      "config error: model.joint_layers (7,) out of range",
+    ),
+    (
+      ["--config=configs/base.py:tiny", "--config.data.path=/nowhere"],
+      "config error: data.path='/nowhere': /nowhere is not a jamflow corpus",
+    ),
+  ],
+)
 def test_main_reports_bad_configs_in_one_line(tmp_path, args, message):
-  proc = subprocess.run([sys.executable, "-m", "jamflow_jax.main", f"--workdir={tmp_path}", *args],
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-m", "jamflow_jax.main", f"--workdir={tmp_path}", *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode != 0
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith(message), proc.stderr[-2000:]

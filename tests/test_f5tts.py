@@ -11,45 +11,83 @@ from flax import nnx
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.special import erf
 
-from checkpoint_files import write_safetensors
-from conftest import write_random_corpus
-
 from configs.base import get_config
 from data_pipelines import pipeline
 from data_pipelines.shards import BadRecordError
+from data_pipelines.synthetic import SyntheticBatches
 from jamflow_jax import checkpoint as checkpoint_lib, model as model_lib, sharding, text as text_lib, train
 from jamflow_jax.config import ConfigError, motion_frames, validate
 from jamflow_jax.model import f5tts, layer_stack
 
+from checkpoint_files import write_safetensors
+from conftest import write_random_corpus
 
 # --- F5-TTS's DiT as written in SWivid/F5-TTS (model/backbones/dit.py, model/modules.py) -------------
 
-def _f5_shapes(*, dim, depth, heads, dim_head, ff_mult, mel_dim, text_dim, text_num_embeds, conv_layers,
-               freq_dim=256, kernel=31, groups=16):
+
+def _f5_shapes(
+  *,
+  dim,
+  depth,
+  heads,
+  dim_head,
+  ff_mult,
+  mel_dim,
+  text_dim,
+  text_num_embeds,
+  conv_layers,
+  freq_dim=256,
+  kernel=31,
+  groups=16,
+):
   """{DiT.state_dict() name: shape} of F5-TTS's DiT (torch Linear [out, in], Conv1d [out, in/groups, k])."""
   inner, ff = heads * dim_head, dim * ff_mult
-  s = {"time_embed.time_mlp.0.weight": (dim, freq_dim), "time_embed.time_mlp.0.bias": (dim,),
-       "time_embed.time_mlp.2.weight": (dim, dim), "time_embed.time_mlp.2.bias": (dim,),
-       "text_embed.text_embed.weight": (text_num_embeds + 1, text_dim),
-       "input_embed.proj.weight": (dim, 2 * mel_dim + text_dim), "input_embed.proj.bias": (dim,),
-       "norm_out.linear.weight": (2 * dim, dim), "norm_out.linear.bias": (2 * dim,),
-       "proj_out.weight": (mel_dim, dim), "proj_out.bias": (mel_dim,)}
+  s = {
+    "time_embed.time_mlp.0.weight": (dim, freq_dim),
+    "time_embed.time_mlp.0.bias": (dim,),
+    "time_embed.time_mlp.2.weight": (dim, dim),
+    "time_embed.time_mlp.2.bias": (dim,),
+    "text_embed.text_embed.weight": (text_num_embeds + 1, text_dim),
+    "input_embed.proj.weight": (dim, 2 * mel_dim + text_dim),
+    "input_embed.proj.bias": (dim,),
+    "norm_out.linear.weight": (2 * dim, dim),
+    "norm_out.linear.bias": (2 * dim,),
+    "proj_out.weight": (mel_dim, dim),
+    "proj_out.bias": (mel_dim,),
+  }
   for i in (0, 2):
     s[f"input_embed.conv_pos_embed.conv1d.{i}.weight"] = (dim, dim // groups, kernel)
     s[f"input_embed.conv_pos_embed.conv1d.{i}.bias"] = (dim,)
   for i in range(conv_layers):
     p = f"text_embed.text_blocks.{i}."
-    s.update({p + "dwconv.weight": (text_dim, 1, 7), p + "dwconv.bias": (text_dim,),
-              p + "norm.weight": (text_dim,), p + "norm.bias": (text_dim,),
-              p + "pwconv1.weight": (2 * text_dim, text_dim), p + "pwconv1.bias": (2 * text_dim,),
-              p + "grn.gamma": (1, 1, 2 * text_dim), p + "grn.beta": (1, 1, 2 * text_dim),
-              p + "pwconv2.weight": (text_dim, 2 * text_dim), p + "pwconv2.bias": (text_dim,)})
+    s.update(
+      {
+        p + "dwconv.weight": (text_dim, 1, 7),
+        p + "dwconv.bias": (text_dim,),
+        p + "norm.weight": (text_dim,),
+        p + "norm.bias": (text_dim,),
+        p + "pwconv1.weight": (2 * text_dim, text_dim),
+        p + "pwconv1.bias": (2 * text_dim,),
+        p + "grn.gamma": (1, 1, 2 * text_dim),
+        p + "grn.beta": (1, 1, 2 * text_dim),
+        p + "pwconv2.weight": (text_dim, 2 * text_dim),
+        p + "pwconv2.bias": (text_dim,),
+      }
+    )
   for i in range(depth):
     p = f"transformer_blocks.{i}."
-    s.update({p + "attn_norm.linear.weight": (6 * dim, dim), p + "attn_norm.linear.bias": (6 * dim,),
-              p + "attn.to_out.0.weight": (dim, inner), p + "attn.to_out.0.bias": (dim,),
-              p + "ff.ff.0.0.weight": (ff, dim), p + "ff.ff.0.0.bias": (ff,),
-              p + "ff.ff.2.weight": (dim, ff), p + "ff.ff.2.bias": (dim,)})
+    s.update(
+      {
+        p + "attn_norm.linear.weight": (6 * dim, dim),
+        p + "attn_norm.linear.bias": (6 * dim,),
+        p + "attn.to_out.0.weight": (dim, inner),
+        p + "attn.to_out.0.bias": (dim,),
+        p + "ff.ff.0.0.weight": (ff, dim),
+        p + "ff.ff.0.0.bias": (ff,),
+        p + "ff.ff.2.weight": (dim, ff),
+        p + "ff.ff.2.bias": (dim,),
+      }
+    )
     for c in "qkv":
       s.update({p + f"attn.to_{c}.weight": (inner, dim), p + f"attn.to_{c}.bias": (inner,)})
   return s
@@ -102,7 +140,7 @@ def _f5_text_embed(sd, ids, mask_padding):
     h = _layer_norm(h, sd[p + "norm.weight"], sd[p + "norm.bias"])
     h = _linear(sd, p + "pwconv1", h)
     h = 0.5 * h * (1 + erf(h / math.sqrt(2)))  # nn.GELU()
-    gx = np.sqrt(np.sum(h ** 2, axis=1, keepdims=True))
+    gx = np.sqrt(np.sum(h**2, axis=1, keepdims=True))
     h = sd[p + "grn.gamma"] * (h * gx / (gx.mean(-1, keepdims=True) + 1e-6)) + sd[p + "grn.beta"] + h
     x = x + _linear(sd, p + "pwconv2", h)
     if mask_padding:
@@ -134,7 +172,8 @@ def _f5_dit(sd, x, cond, ids, t, *, heads, pe_attn_head, mask_padding):
   while f"transformer_blocks.{i}.attn_norm.linear.weight" in sd:
     p = f"transformer_blocks.{i}."
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = np.split(
-        _linear(sd, p + "attn_norm.linear", silu(temb))[:, None], 6, axis=-1)
+      _linear(sd, p + "attn_norm.linear", silu(temb))[:, None], 6, axis=-1
+    )
     a = _layer_norm(h) * (1 + scale_msa) + shift_msa
     q, k, v = (_linear(sd, p + f"attn.to_{c}", a).reshape(b, n, heads, dh).transpose(0, 2, 1, 3) for c in "qkv")
     q[:, :pn], k[:, :pn] = _rotate(q[:, :pn], freqs), _rotate(k[:, :pn], freqs)
@@ -144,7 +183,7 @@ def _f5_dit(sd, x, cond, ids, t, *, heads, pe_attn_head, mask_padding):
     h = h + gate_msa * _linear(sd, p + "attn.to_out.0", o.transpose(0, 2, 1, 3).reshape(b, n, heads * dh))
     f = _layer_norm(h) * (1 + scale_mlp) + shift_mlp
     f = _linear(sd, p + "ff.ff.0.0", f)
-    f = 0.5 * f * (1 + np.tanh(math.sqrt(2 / math.pi) * (f + 0.044715 * f ** 3)))  # GELU(approximate="tanh")
+    f = 0.5 * f * (1 + np.tanh(math.sqrt(2 / math.pi) * (f + 0.044715 * f**3)))  # GELU(approximate="tanh")
     h = h + gate_mlp * _linear(sd, p + "ff.ff.2", f)
     i += 1
   scale, shift = np.split(_linear(sd, "norm_out.linear", silu(temb))[:, None], 2, axis=-1)
@@ -152,6 +191,7 @@ def _f5_dit(sd, x, cond, ids, t, *, heads, pe_attn_head, mask_padding):
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
 
 def _small_config(layout="v1"):
   """tiny with the F5 settings of `layout`, at shapes no F5 checkpoint has (the conversion is generic)."""
@@ -166,9 +206,18 @@ def _small_config(layout="v1"):
 
 def _small_shapes(config):
   m = config.model
-  return _f5_shapes(dim=m.audio_width, depth=m.depth, heads=m.heads, dim_head=m.head_dim, ff_mult=m.ff_mult,
-                    mel_dim=m.mel_dim, text_dim=m.text_dim, text_num_embeds=m.text_vocab_size - 1,
-                    conv_layers=m.text_conv_layers, freq_dim=m.time_freq_dim)
+  return _f5_shapes(
+    dim=m.audio_width,
+    depth=m.depth,
+    heads=m.heads,
+    dim_head=m.head_dim,
+    ff_mult=m.ff_mult,
+    mel_dim=m.mel_dim,
+    text_dim=m.text_dim,
+    text_num_embeds=m.text_vocab_size - 1,
+    conv_layers=m.text_conv_layers,
+    freq_dim=m.time_freq_dim,
+  )
 
 
 def _random_state_dict(shapes, seed=0):
@@ -188,11 +237,13 @@ def _write_vocab(path, tokens):
 
 # --- tests -----------------------------------------------------------------------------------------
 
+
 def test_every_f5tts_v1_base_tensor_maps_onto_the_f5_preset():
   config = get_config("f5")
   abstract = model_lib.abstract_params(config)
-  shapes = _f5_shapes(dim=1024, depth=22, heads=16, dim_head=64, ff_mult=2, mel_dim=100, text_dim=512,
-                      text_num_embeds=2545, conv_layers=4)
+  shapes = _f5_shapes(
+    dim=1024, depth=22, heads=16, dim_head=64, ff_mult=2, mel_dim=100, text_dim=512, text_num_embeds=2545, conv_layers=4
+  )
   # Shapes only: zero-stride views, nothing of F5's size is allocated but the (scale, shift) swap.
   state_dict = {name: np.broadcast_to(np.float32(0), shape) for name, shape in shapes.items()}
   state_dict["rotary_embed.inv_freq"] = _inv_freq(64)
@@ -201,7 +252,9 @@ def test_every_f5tts_v1_base_tensor_maps_onto_the_f5_preset():
   audio = {path: leaf for path, leaf in f5tts._leaves(abstract) if f5tts.is_audio_stream(path)}
   assert converted.keys() == audio.keys()
   # Every F5 tensor used once (one per layer: counted unrolled), every audio-stream leaf filled.
-  assert config.model.scan_layers and len(jax.tree.leaves(layer_stack.convert_for(tree, config, scanned=False))) == len(shapes)
+  assert config.model.scan_layers and len(jax.tree.leaves(layer_stack.convert_for(tree, config, scanned=False))) == len(
+    shapes
+  )
   assert all(converted[p].shape == audio[p].shape and converted[p].dtype == audio[p].dtype for p in audio)
   rest = [p for p, _ in f5tts._leaves(abstract) if p not in audio]
   assert rest and all(p[0].startswith("motion") or "motion" in p[:4] for p in rest)
@@ -223,9 +276,15 @@ def test_audio_velocity_matches_f5tts_dit(layout):
     text[row, :length] = rng.integers(1, m.text_vocab_size, size=length)
   t = np.array([0.3, 0.85], np.float32)
   inputs = model_lib.FlowInputs(
-      audio_xt=x, audio_cond=cond, text=text, audio_valid=np.ones((b, ta), bool),
-      motion_xt=rng.normal(size=(b, tm, m.motion_dim)).astype(np.float32),
-      motion_cond=np.zeros((b, tm, m.motion_dim), np.float32), motion_valid=np.zeros((b, tm), bool), t=t)
+    audio_xt=x,
+    audio_cond=cond,
+    text=text,
+    audio_valid=np.ones((b, ta), bool),
+    motion_xt=rng.normal(size=(b, tm, m.motion_dim)).astype(np.float32),
+    motion_cond=np.zeros((b, tm, m.motion_dim), np.float32),
+    motion_valid=np.zeros((b, tm), bool),
+    t=t,
+  )
   with sharding.use_mesh(sharding.single_device_mesh(config), config):
     model = model_lib.create(config)
     params = nnx.state(model, nnx.Param)
@@ -256,21 +315,33 @@ def test_mismatches_are_reported_by_name_all_at_once():
   with pytest.raises(f5tts.F5ConversionError) as e:
     f5tts.convert(state_dict, abstract, config)
   message = str(e.value)
-  for part in ("missing (5)", "transformer_blocks.1.attn.to_k.bias (for layers/1/audio/k/bias [2, 16])",
-               "layers/0/audio/q_norm/scale [16]: no F5-TTS counterpart (F5-TTS has no qk-norm",
-               "unexpected (2)", "long_skip_connection.weight", "transformer_blocks.2.ff.ff.2.weight",
-               "shape mismatch (2)", "proj_out.weight [100, 32]: audio_head/proj/kernel [32, 12] needs [12, 32]",
-               "rotary_embed.inv_freq [16]: RoPE frequencies other than those of model.head_dim=16"):
+  for part in (
+    "missing (5)",
+    "transformer_blocks.1.attn.to_k.bias (for layers/1/audio/k/bias [2, 16])",
+    "layers/0/audio/q_norm/scale [16]: no F5-TTS counterpart (F5-TTS has no qk-norm",
+    "unexpected (2)",
+    "long_skip_connection.weight",
+    "transformer_blocks.2.ff.ff.2.weight",
+    "shape mismatch (2)",
+    "proj_out.weight [100, 32]: audio_head/proj/kernel [32, 12] needs [12, 32]",
+    "rotary_embed.inv_freq [16]: RoPE frequencies other than those of model.head_dim=16",
+  ):
     assert part in message, message
   assert isinstance(e.value, ConfigError)  # main reports it as a config error
 
 
 def test_load_f5_checkpoint_takes_the_ema_dit_and_drops_bookkeeping(tmp_path):
   sd = {"transformer.proj_out.bias": np.arange(3, dtype=np.float32)}
-  write_safetensors(tmp_path / "model.safetensors", {
-      **{f"ema_model.{k}": v for k, v in sd.items()}, "initted": np.ones(()), "step": np.ones(()),
+  write_safetensors(
+    tmp_path / "model.safetensors",
+    {
+      **{f"ema_model.{k}": v for k, v in sd.items()},
+      "initted": np.ones(()),
+      "step": np.ones(()),
       "ema_model.mel_spec.mel_stft.mel_scale.fb": np.zeros((4, 2)),
-      "ema_model.transformer.rotary_embed.inv_freq": _inv_freq(4)})
+      "ema_model.transformer.rotary_embed.inv_freq": _inv_freq(4),
+    },
+  )
   loaded = f5tts.load_f5_checkpoint(str(tmp_path / "model.safetensors"))
   assert sorted(loaded) == ["proj_out.bias", "rotary_embed.inv_freq"]
   np.testing.assert_array_equal(loaded["proj_out.bias"], sd["transformer.proj_out.bias"])
@@ -284,8 +355,11 @@ def test_vocab_tokenizer(tmp_path):
   assert tok.vocab_size == 8  # 7 tokens + the filler
   # ids are line index + 1; NFC composes e + U+0301; typographic quotes become ASCII.
   np.testing.assert_array_equal(tok.encode("ab,  a\u2019 e\u0301"), [2, 3, 4, 1, 2, 7, 1, 6])
-  with pytest.raises(text_lib.TextError, match=r"utt-7: character 'n' \(U\+006E\) at position 2 of 'a ni3' "
-                                               r"is outside the vocabulary \(.*vocab.txt\)"):
+  with pytest.raises(
+    text_lib.TextError,
+    match=r"utt-7: character 'n' \(U\+006E\) at position 2 of 'a ni3' "
+    r"is outside the vocabulary \(.*vocab.txt\)",
+  ):
     tok.encode("a ni3", where="utt-7")  # characters, not pinyin syllables
   with pytest.raises(text_lib.TextError, match="utt-8: empty transcript"):
     tok.encode(" \n", where="utt-8")
@@ -320,9 +394,12 @@ def test_init_layout_checks(tmp_path):
   write_safetensors(tmp_path / "model.safetensors", {})
   validate(config, 8)
   config.model.rope_heads, config.model.text_mask_padding, config.model.qk_norm = 0, True, True
-  with pytest.raises(ConfigError, match=r"train.init_layout='base' \(F5TTS_Base\) needs other model settings: "
-                                        r"model.rope_heads=0 \(need 1: head 0 only\); model.text_mask_padding=True "
-                                        r"\(need False\); model.qk_norm=True"):
+  with pytest.raises(
+    ConfigError,
+    match=r"train.init_layout='base' \(F5TTS_Base\) needs other model settings: "
+    r"model.rope_heads=0 \(need 1: head 0 only\); model.text_mask_padding=True "
+    r"\(need False\); model.qk_norm=True",
+  ):
     validate(config, 8)
   config.train.init_layout = "v2"
   with pytest.raises(ConfigError, match="train.init_layout='v2'; choose v1 or base"):
@@ -339,8 +416,8 @@ def test_pipeline_encodes_with_the_configured_vocab(tmp_path):
   tokenizer = text_lib.tokenizer(config)
   for row, record in zip(loader(0)["text"], loader.records(0)):
     ids = tokenizer.encode(record["text"])
-    assert ids[0] == 2 and not row[len(ids):].any()  # "u" is line 1
-    np.testing.assert_array_equal(row[:len(ids)], ids)
+    assert ids[0] == 2 and not row[len(ids) :].any()  # "u" is line 1
+    np.testing.assert_array_equal(row[: len(ids)], ids)
   config.model.text_vocab = _write_vocab(tmp_path / "vocab.txt", [" ", "u", "t", "."])  # no digits
   loader = pipeline.make_iterator(source, motion, config).loader
   with pytest.raises(BadRecordError, match=r"character '\d' .* outside the vocabulary .*\(model.text_vocab\)"):
@@ -353,11 +430,17 @@ def test_train_starts_the_audio_stream_from_an_f5_checkpoint(tmp_path):
   config.data.source = "synthetic"
   config.train.num_steps = 1  # the first step's learning rate is 0 (warmup): the weights stay
   state_dict = _random_state_dict(_small_shapes(config), seed=3)
-  write_safetensors(tmp_path / "f5.safetensors", {
-      **{f"ema_model.transformer.{k}": v for k, v in state_dict.items()}, "initted": np.ones(()),
-      "step": np.ones(()), "ema_model.transformer.rotary_embed.inv_freq": _inv_freq(config.model.head_dim)})
+  write_safetensors(
+    tmp_path / "f5.safetensors",
+    {
+      **{f"ema_model.transformer.{k}": v for k, v in state_dict.items()},
+      "initted": np.ones(()),
+      "step": np.ones(()),
+      "ema_model.transformer.rotary_embed.inv_freq": _inv_freq(config.model.head_dim),
+    },
+  )
   config.train.init_from = str(tmp_path / "f5.safetensors")
-  train.train(config, str(tmp_path / "work"))
+  train.train(config, str(tmp_path / "work"), SyntheticBatches(config))
 
   trainer = train.Trainer(config, sharding.make_mesh(config))
   state, _ = checkpoint_lib.Checkpointer(str(tmp_path / "work"), config).restore(trainer.abstract_state)

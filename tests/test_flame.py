@@ -18,11 +18,22 @@ from jamflow_jax.motion.spec import MOTION_SPEC
 
 # ---------------------------------------------------------------------------------- a tiny model
 # Vertices 0-4 sit on the joints (the regressor picks them), 5 is on the jaw, 6 is half neck, half jaw.
-JOINT_POSITIONS = np.array([[0.0, 0.0, 0.0], [0.0, 0.1, -0.01], [0.0, 0.12, 0.02], [0.03, 0.15, 0.05],
-                            [-0.03, 0.15, 0.05]])
+JOINT_POSITIONS = np.array(
+  [[0.0, 0.0, 0.0], [0.0, 0.1, -0.01], [0.0, 0.12, 0.02], [0.03, 0.15, 0.05], [-0.03, 0.15, 0.05]]
+)
 TINY_VERTICES = np.concatenate([JOINT_POSITIONS, [[0.0, 0.08, 0.08], [0.04, 0.09, 0.06]]])
-TINY_WEIGHTS = np.array([[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1],
-                         [0, 0, 1, 0, 0], [0, 0.5, 0.5, 0, 0]], np.float64)
+TINY_WEIGHTS = np.array(
+  [
+    [1, 0, 0, 0, 0],
+    [0, 1, 0, 0, 0],
+    [0, 0, 1, 0, 0],
+    [0, 0, 0, 1, 0],
+    [0, 0, 0, 0, 1],
+    [0, 0, 1, 0, 0],
+    [0, 0.5, 0.5, 0, 0],
+  ],
+  np.float64,
+)
 
 
 def _tiny_arrays(num_shape=2, num_expression=3, seed=0):
@@ -32,11 +43,14 @@ def _tiny_arrays(num_shape=2, num_expression=3, seed=0):
   regressor = np.zeros((5, num_vertices))
   regressor[np.arange(5), np.arange(5)] = 1.0
   return {
-      "v_template": TINY_VERTICES.copy(), "f": np.array([[5, 6, 2]], np.uint32),
-      "shapedirs": rng.normal(0, 0.01, (num_vertices, 3, num_shape + num_expression)),
-      "num_shape": np.asarray(num_shape),
-      "posedirs": np.zeros((num_vertices, 3, 36)), "J_regressor": regressor, "weights": TINY_WEIGHTS.copy(),
-      "kintree_table": np.array([[4294967295, 0, 1, 1, 1], [0, 1, 2, 3, 4]], np.uint32),
+    "v_template": TINY_VERTICES.copy(),
+    "f": np.array([[5, 6, 2]], np.uint32),
+    "shapedirs": rng.normal(0, 0.01, (num_vertices, 3, num_shape + num_expression)),
+    "num_shape": np.asarray(num_shape),
+    "posedirs": np.zeros((num_vertices, 3, 36)),
+    "J_regressor": regressor,
+    "weights": TINY_WEIGHTS.copy(),
+    "kintree_table": np.array([[4294967295, 0, 1, 1, 1], [0, 1, 2, 3, 4]], np.uint32),
   }
 
 
@@ -45,8 +59,9 @@ _vertices = jax.jit(flame.flame_vertices)  # one compile per input shape, not op
 
 def _motion(num_frames=1, **parts):
   """[T, 61] motion with the given parts (each [size], the same in every frame), the rest at rest."""
-  return MOTION_SPEC.join({k: np.tile(np.asarray(v, np.float32), (num_frames, 1)) for k, v in parts.items()},
-                          num_frames)
+  return MOTION_SPEC.join(
+    {k: np.tile(np.asarray(v, np.float32), (num_frames, 1)) for k, v in parts.items()}, num_frames
+  )
 
 
 def _rot_x(t):
@@ -63,6 +78,7 @@ def _rot_z(t):
 
 def test_axis_angle_in_numpy_and_jax_matches_scipy_and_has_finite_gradients():
   from scipy.spatial.transform import Rotation
+
   rng = np.random.default_rng(0)
   aa = np.concatenate([rng.normal(size=(200, 3)), [[0, 0, 0], [1e-7, 0, 0], [0, 3e-4, -2e-4], [np.pi, 0, 0]]])
   want = Rotation.from_rotvec(aa).as_matrix()
@@ -108,8 +124,9 @@ def test_neck_and_global_rotations_chain_down_the_tree():
   np.testing.assert_allclose(out[0], j0, atol=1e-6)  # the root turns about itself
   np.testing.assert_allclose(out[3], through_neck(TINY_VERTICES[3]), atol=1e-6)  # eyes ride on the neck
   np.testing.assert_allclose(out[5], through_neck(r_j @ (TINY_VERTICES[5] - j2) + j2), atol=1e-6)
-  np.testing.assert_allclose(out[6], 0.5 * through_neck(TINY_VERTICES[6])
-                             + 0.5 * through_neck(r_j @ (TINY_VERTICES[6] - j2) + j2), atol=1e-6)
+  np.testing.assert_allclose(
+    out[6], 0.5 * through_neck(TINY_VERTICES[6]) + 0.5 * through_neck(r_j @ (TINY_VERTICES[6] - j2) + j2), atol=1e-6
+  )
 
 
 def test_shape_expression_and_eyelid_blendshapes_add_linearly():
@@ -120,8 +137,13 @@ def test_shape_expression_and_eyelid_blendshapes_add_linearly():
   beta, psi, lids = np.array([0.7, -1.2]), np.array([1.5, -0.5, 2.0]), np.array([0.3, 0.9])
   out = np.asarray(_vertices(model, _motion(expression=np.pad(psi, (0, 47)), eyelids=lids), shape=beta))[0]
   dirs = arrays["shapedirs"]
-  expected = (TINY_VERTICES + dirs[..., :2] @ beta + dirs[..., 2:] @ psi
-              + lids[0] * arrays["l_eyelid"] + lids[1] * arrays["r_eyelid"])
+  expected = (
+    TINY_VERTICES
+    + dirs[..., :2] @ beta
+    + dirs[..., 2:] @ psi
+    + lids[0] * arrays["l_eyelid"]
+    + lids[1] * arrays["r_eyelid"]
+  )
   np.testing.assert_allclose(out, expected, atol=1e-6)
   # Expression beyond the model's 3 directions is ignored; a shorter identity vector is allowed.
   more = np.asarray(_vertices(model, _motion(expression=np.full(50, 0.1))))[0]
@@ -158,6 +180,7 @@ def test_batched_jitted_and_differentiable():
 
 
 # ------------------------------------------------------------------------------ reading .pkl files
+
 
 def _fake_chumpy(monkeypatch):
   """chumpy.ch.Ch and chumpy.reordering.Select stand-ins that pickle the way chumpy's classes do.
@@ -196,11 +219,16 @@ def _flame_pickle_content(Ch, Select):
   arrays = _tiny_arrays(num_shape=300, num_expression=4)
   posedirs = np.random.default_rng(3).normal(0, 0.01, (7, 3, 36))
   content = {
-      "v_template": arrays["v_template"], "f": arrays["f"], "weights": arrays["weights"],
-      "kintree_table": arrays["kintree_table"], "J": JOINT_POSITIONS, "bs_style": "lbs", "bs_type": "lrotmin",
-      "shapedirs": Ch(arrays["shapedirs"]),
-      "posedirs": Select(Ch(posedirs.ravel()[::-1].copy()), np.arange(posedirs.size)[::-1].copy(), (7, 3, 36)),
-      "J_regressor": scipy.sparse.csc_matrix(arrays["J_regressor"]),
+    "v_template": arrays["v_template"],
+    "f": arrays["f"],
+    "weights": arrays["weights"],
+    "kintree_table": arrays["kintree_table"],
+    "J": JOINT_POSITIONS,
+    "bs_style": "lbs",
+    "bs_type": "lrotmin",
+    "shapedirs": Ch(arrays["shapedirs"]),
+    "posedirs": Select(Ch(posedirs.ravel()[::-1].copy()), np.arange(posedirs.size)[::-1].copy(), (7, 3, 36)),
+    "J_regressor": scipy.sparse.csc_matrix(arrays["J_regressor"]),
   }
   return content, arrays, posedirs
 
@@ -301,13 +329,25 @@ def test_reads_a_python2_pickle(tmp_path):
   posedirs = np.random.default_rng(3).normal(0, 0.01, (7, 3, 36))
   sparse = scipy.sparse.csc_matrix(arrays["J_regressor"])
   content = {
-      "v_template": arrays["v_template"], "f": arrays["f"], "weights": arrays["weights"],
-      "kintree_table": arrays["kintree_table"], "bs_style": "lbs",
-      "shapedirs": _Py2Object("chumpy.ch", "Ch", {"x": arrays["shapedirs"], "_itr": None}),
-      "posedirs": posedirs,
-      "J_regressor": _Py2Object("scipy.sparse.csc", "csc_matrix", {
-          "_shape": sparse.shape, "maxprint": 50, "format": "csc", "data": sparse.data,
-          "indices": sparse.indices, "indptr": sparse.indptr}),
+    "v_template": arrays["v_template"],
+    "f": arrays["f"],
+    "weights": arrays["weights"],
+    "kintree_table": arrays["kintree_table"],
+    "bs_style": "lbs",
+    "shapedirs": _Py2Object("chumpy.ch", "Ch", {"x": arrays["shapedirs"], "_itr": None}),
+    "posedirs": posedirs,
+    "J_regressor": _Py2Object(
+      "scipy.sparse.csc",
+      "csc_matrix",
+      {
+        "_shape": sparse.shape,
+        "maxprint": 50,
+        "format": "csc",
+        "data": sparse.data,
+        "indices": sparse.indices,
+        "indptr": sparse.indptr,
+      },
+    ),
   }
   path = tmp_path / "flame2020.pkl"
   path.write_bytes(_python2_pickle(content))
@@ -322,12 +362,15 @@ class _RunsCode:
     return self.call
 
 
-@pytest.mark.parametrize("make_call,what", [
+@pytest.mark.parametrize(
+  "make_call,what",
+  [
     (lambda marker: (os.system, (f"touch {marker}",)), r"(posix|os)\.system"),
     # Protocol 2 writes Python 2's names for these: __builtin__.eval, commands.call.
     (lambda marker: (eval, (f"open({str(marker)!r}, 'w')",)), r"\.eval\b"),
     (lambda marker: (subprocess.call, (["touch", str(marker)],)), r"\.call\b"),
-])
+  ],
+)
 def test_refuses_pickles_that_would_run_code(tmp_path, make_call, what):
   marker = tmp_path / "pwned"
   path = tmp_path / "generic_model.pkl"
@@ -361,6 +404,7 @@ def test_file_errors_name_the_file_and_the_key(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- the stand-in
+
 
 @pytest.fixture(scope="module")
 def standin_model(tmp_path_factory):
@@ -420,9 +464,16 @@ def test_standin_expressions_close_round_and_widen_the_lips(standin_model, posed
   model = standin_model[1]
   upper, lower = _lip_pairs(model)
   jaw = [0.1, 0, 0]
-  frames = posed(np.concatenate([_motion(jaw=jaw), _motion(jaw=jaw, expression=np.eye(50)[0] * 3),
-                                 _motion(jaw=jaw, expression=np.eye(50)[1] * 3),
-                                 _motion(jaw=jaw, expression=np.eye(50)[2] * 3)]))
+  frames = posed(
+    np.concatenate(
+      [
+        _motion(jaw=jaw),
+        _motion(jaw=jaw, expression=np.eye(50)[0] * 3),
+        _motion(jaw=jaw, expression=np.eye(50)[1] * 3),
+        _motion(jaw=jaw, expression=np.eye(50)[2] * 3),
+      ]
+    )
+  )
   gap = [np.mean(f[upper, 1] - f[lower, 1]) for f in frames]
   width = [np.ptp(f[upper, 0]) for f in frames]  # between the slit's outermost columns
   assert gap[1] < gap[0] - 0.004  # lip closure: lips pressed towards each other
@@ -436,8 +487,15 @@ def test_standin_eyelids_brows_and_tongue(standin_model, posed):
   rest = np.asarray(model.v_template)
   eyes = np.asarray(model.regions["eyes"])
   left_eye = eyes[rest[eyes, 0] > 0]
-  frames = posed(np.concatenate([_motion(eyelids=[1, 0]), _motion(expression=np.eye(50)[5] * 3),
-                                 _motion(jaw=[0.05, 0, 0], expression=np.eye(50)[4] * 3)]))
+  frames = posed(
+    np.concatenate(
+      [
+        _motion(eyelids=[1, 0]),
+        _motion(expression=np.eye(50)[5] * 3),
+        _motion(jaw=[0.05, 0, 0], expression=np.eye(50)[4] * 3),
+      ]
+    )
+  )
   # A closed lid covers the eyeball: the lid in front of the eye centre is ahead of the eyeball's front.
   centre = rest[left_eye].mean(0)
   skin = np.setdiff1d(np.arange(model.num_vertices), eyes)

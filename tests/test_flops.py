@@ -12,9 +12,16 @@ def test_counted_flops_agree_with_xla_cost_analysis():
   ta = config.data.max_mel_frames
   tm = motion_frames(config, ta)
   f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
-  x = model_lib.FlowInputs(f32(1, ta, 100), f32(1, ta, 100), jax.ShapeDtypeStruct((1, ta), jnp.int32),
-                           jax.ShapeDtypeStruct((1, ta), jnp.bool_), f32(1, tm, 61), f32(1, tm, 61),
-                           jax.ShapeDtypeStruct((1, tm), jnp.bool_), f32(1))
+  x = model_lib.FlowInputs(
+    f32(1, ta, 100),
+    f32(1, ta, 100),
+    jax.ShapeDtypeStruct((1, ta), jnp.int32),
+    jax.ShapeDtypeStruct((1, ta), jnp.bool_),
+    f32(1, tm, 61),
+    f32(1, tm, 61),
+    jax.ShapeDtypeStruct((1, tm), jnp.bool_),
+    f32(1),
+  )
   with sharding.use_mesh(sharding.single_device_mesh(config), config):
     graphdef, state = nnx.split(model_lib.create(config))
     cost = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile().cost_analysis()
@@ -30,6 +37,7 @@ def test_peak_flops_lookup():
 
   class Device:
     device_kind = "TPU v5p"
+
   assert flops.peak_flops_per_device(config, Device()) == 459e12
   Device.device_kind = "NVIDIA H100 80GB HBM3"
   assert flops.peak_flops_per_device(config, Device()) == 989e12

@@ -6,7 +6,7 @@ import pytest
 from configs.base import get_config
 from data_pipelines.synthetic import SyntheticBatches
 from jamflow_jax import flow
-from jamflow_jax.config import TASKS
+from jamflow_jax.tasks import NAMES as TASKS
 
 STEP = 93.75 / 25.0
 
@@ -38,7 +38,7 @@ def test_plan_roles(config):
     a_gen, a_given, m_gen, m_given = plan.audio_gen[i], plan.audio_given[i], plan.motion_gen[i], plan.motion_given[i]
     assert not np.any(a_gen & a_given) and not np.any(m_gen & m_given)
     assert not np.any((a_gen | a_given) & ~mel_valid[i]) and not np.any((m_gen | m_given) & ~motion_valid[i])
-    if task in ("joint", "tts", "m2a"):
+    if task in ("joint", "tts", "dub"):
       idx = np.nonzero(a_gen)[0]
       frac = idx.size / mel_valid[i].sum()
       assert np.all(np.diff(idx) == 1), "one contiguous span"
@@ -53,12 +53,12 @@ def test_plan_roles(config):
       assert not plan.motion_present[i] and not m_gen.any() and not m_given.any()
     if task == "a2m":
       assert not a_gen.any() and np.array_equal(a_given, mel_valid[i]) and m_gen.any()
-    if task == "m2a":
+    if task == "dub":
       assert np.array_equal(m_given, motion_valid[i]) and not m_gen.any()
 
 
 def test_task_mix_is_respected(config):
-  config.flow.task_mix = {"joint": 0.0, "tts": 0.0, "a2m": 1.0, "m2a": 0.0}
+  config.flow.task_mix = {"joint": 0.0, "tts": 0.0, "a2m": 1.0, "dub": 0.0}
   plan = _plan(config, _batch(config))
   assert bool(jnp.all(plan.task == TASKS.index("a2m")))
 
@@ -67,11 +67,15 @@ def test_loss_reads_only_generated_frames(config):
   batch = _batch(config)
   plan = _plan(config, batch)
   rng = np.random.default_rng(0)
-  pred = (jnp.asarray(rng.normal(size=batch["mel"].shape), jnp.float32),
-          jnp.asarray(rng.normal(size=batch["motion"].shape), jnp.float32))
+  pred = (
+    jnp.asarray(rng.normal(size=batch["mel"].shape), jnp.float32),
+    jnp.asarray(rng.normal(size=batch["motion"].shape), jnp.float32),
+  )
   t = jnp.full((config.train.batch_size,), 0.4)
-  noise = (jax.random.normal(jax.random.key(1), batch["mel"].shape),
-           jax.random.normal(jax.random.key(2), batch["motion"].shape))
+  noise = (
+    jax.random.normal(jax.random.key(1), batch["mel"].shape),
+    jax.random.normal(jax.random.key(2), batch["motion"].shape),
+  )
 
   def loss_with(mel, motion):
     _, target = flow.model_inputs({**batch, "mel": mel, "motion": motion}, plan, t, *noise)

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 
 from jamflow_jax import generate
-from jamflow_jax.audio import mel as mel_lib
-from jamflow_jax.audio import vocoder as vocoder_lib
-from jamflow_jax.audio import wav as wav_lib
+from jamflow_jax.audio import mel as mel_lib, vocoder as vocoder_lib, wav as wav_lib
 from jamflow_jax.generate import InputError
 
 from conftest import train_tiny_workdir
@@ -31,7 +29,7 @@ def pipe(workdir):
   # Chunks of 90 frames: room for a 30-frame overlap of which 15 are cross-faded.
   config.sample.max_frames = 90
   pipe = generate.Pipeline.from_workdir(workdir, config)
-  assert (pipe.max_frames, pipe.overlap, pipe.crossfade) == (90, 30, 15)
+  assert (pipe.chunking.max_frames, pipe.chunking.overlap, pipe.chunking.crossfade) == (90, 30, 15)
   return pipe
 
 
@@ -43,7 +41,7 @@ def _wav(path, seconds, sr=24000):
 
 
 def _motion_npz(path, frames, pipe, seed=0):
-  motion = pipe.motion_mean + pipe.motion_std * np.random.default_rng(seed).normal(size=(frames, 61))
+  motion = pipe.stats.mean + pipe.stats.std * np.random.default_rng(seed).normal(size=(frames, 61))
   np.savez(path, motion=motion.astype(np.float32), fps=25.0)
   return str(path), motion.astype(np.float32)
 
@@ -78,9 +76,8 @@ def test_text_to_speech_with_prompts_keeps_the_prefix(pipe, tmp_path, monkeypatc
   seen = []
   run = pipe.run
   monkeypatch.setattr(pipe, "run", lambda clip, seed, opts: seen.append((clip, run(clip, seed, opts))) or seen[-1][1])
-  out = pipe.text_to_speech("hi", voice_prompt=prompt, prompt_text="ok.", motion_prompt=prompt_motion,
-                            **FAST)
-  (clip, (mel, motion)), = seen
+  out = pipe.text_to_speech("hi", voice_prompt=prompt, prompt_text="ok.", motion_prompt=prompt_motion, **FAST)
+  ((clip, (mel, motion)),) = seen
   p = 15  # the 0.2 s prompt has 19 frames, cut to one 15-frame tick
   assert clip.text == "ok. hi" and clip.audio_given.sum() == p and clip.motion_given.sum() == 4
   np.testing.assert_array_equal(mel[:p], mel_lib.log_mel(wav_lib.load_wav(prompt)[0])[-p:])
@@ -103,15 +100,24 @@ def test_long_form_text_runs_in_chunks_that_join(pipe, monkeypatch):
   assert [c["start_frame"] for c in chunks] == list(np.cumsum([0] + [c["new_frames"] for c in chunks[:-1]]))
   for (clip, (mel, mot)), c in zip(seen[1:], chunks[1:]):
     p, f, start = c["prefix_frames"], c["crossfade_frames"], c["start_frame"]
-    assert 0 < p <= pipe.overlap and p % 15 == 0 and f == min(pipe.crossfade, p - 15) and clip.mel.shape[0] <= pipe.max_frames
+    assert (
+      0 < p <= pipe.chunking.overlap
+      and p % 15 == 0
+      and f == min(pipe.chunking.crossfade, p - 15)
+      and clip.mel.shape[0] <= pipe.chunking.max_frames
+    )
     assert clip.audio_given.sum() == p - f and clip.motion_given.sum() == (p - f) * 4 // 15
     # The chunk continues from the output's frames before it, bit for bit, in both modalities; its
     # last `f` prefix frames are rendered again and cross-faded, ending on the new chunk's own frames.
-    np.testing.assert_array_equal(mel[:p - f], out.mel[start - p:start - f])
-    np.testing.assert_array_equal(out.mel[start:start + 5], mel[p:p + 5])
+    np.testing.assert_array_equal(mel[: p - f], out.mel[start - p : start - f])
+    np.testing.assert_array_equal(out.mel[start : start + 5], mel[p : p + 5])
     m_start, m_p, m_f = start * 4 // 15, p * 4 // 15, f * 4 // 15
-    np.testing.assert_allclose(mot[:m_p - m_f] * pipe.motion_std + pipe.motion_mean,
-                               out.motion[m_start - m_p:m_start - m_f], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+      mot[: m_p - m_f] * pipe.stats.std + pipe.stats.mean,
+      out.motion[m_start - m_p : m_start - m_f],
+      rtol=1e-5,
+      atol=1e-5,
+    )
   assert out.motion.shape == (pipe.motion_frames(out.mel.shape[0]), 61)
 
 
@@ -146,9 +152,12 @@ def test_audio_to_motion_short_and_long(pipe, tmp_path):
   chunks = long.info["chunks"]
   assert len(chunks) >= 3 and long.motion.shape == (pipe.motion_frames(ta), 61)
   assert sum(c["new_frames"] for c in chunks) == long.motion.shape[0]
-  assert all(c["start_frame"] % 15 == 0 for c in chunks) and chunks[-1]["start_frame"] + pipe.max_frames >= ta
-  assert all(0 < c["prefix_frames"] <= pipe.overlap * 4 // 15 and c["crossfade_frames"] == pipe.crossfade * 4 // 15
-             for c in chunks[1:])
+  assert all(c["start_frame"] % 15 == 0 for c in chunks) and chunks[-1]["start_frame"] + pipe.chunking.max_frames >= ta
+  assert all(
+    0 < c["prefix_frames"] <= pipe.chunking.overlap * 4 // 15
+    and c["crossfade_frames"] == pipe.chunking.crossfade * 4 // 15
+    for c in chunks[1:]
+  )
   assert np.all(np.isfinite(long.motion))
 
 
@@ -164,8 +173,9 @@ def test_edit_regenerates_only_the_span(pipe, tmp_path):
   mel = mel_lib.log_mel(wav_lib.load_wav(audio)[0])
   tm = pipe.motion_frames(mel.shape[0])
   path, raw = _motion_npz(tmp_path / "clip.npz", tm, pipe)
-  out = pipe.edit(audio=audio, motion=path, text="a new clip.", span=(0.1, 0.25), regenerate=("audio", "motion"),
-                  **FAST)
+  out = pipe.edit(
+    audio=audio, motion=path, text="a new clip.", span=(0.1, 0.25), regenerate=("audio", "motion"), **FAST
+  )
   span_a = (np.arange(mel.shape[0]) >= 0.1 * pipe.mel_fps) & (np.arange(mel.shape[0]) < 0.25 * pipe.mel_fps)
   np.testing.assert_array_equal(out.mel[~span_a], mel[~span_a])
   assert not np.allclose(out.mel[span_a], mel[span_a])
@@ -202,18 +212,44 @@ def test_bad_inputs_are_named(pipe, tmp_path):
 
 def test_main_samples_jobs_and_refuses_bad_input(workdir, tmp_path):
   _wav(tmp_path / "speech.wav", 0.3)
-  (tmp_path / "jobs.json").write_text(json.dumps([
-      {"task": "tts", "name": "hello", "text": "hello.", "nfe": 2},
-      {"task": "a2m", "name": "face", "audio": "speech.wav", "seed": 3, "nfe": 2}]))
-  base = [sys.executable, "-m", "jamflow_jax.main", "--config=configs/base.py:tiny", f"--workdir={workdir}",
-          "--mode=sample", f"--out={tmp_path / 'out'}"]
+  (tmp_path / "jobs.json").write_text(
+    json.dumps(
+      [
+        {"task": "tts", "name": "hello", "text": "hello.", "nfe": 2},
+        {"task": "a2m", "name": "face", "audio": "speech.wav", "seed": 3, "nfe": 2},
+      ]
+    )
+  )
+  base = [
+    sys.executable,
+    "-m",
+    "jamflow_jax.main",
+    "--config=configs/base.py:tiny",
+    f"--workdir={workdir}",
+    "--mode=sample",
+    f"--out={tmp_path / 'out'}",
+  ]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  done = subprocess.run(base + [f"--jobs={tmp_path / 'jobs.json'}"], capture_output=True, text=True, timeout=600,
-                        env=env)
+  done = subprocess.run(
+    base + [f"--jobs={tmp_path / 'jobs.json'}"], capture_output=True, text=True, timeout=600, env=env
+  )
   assert done.returncode == 0, done.stderr[-3000:]
-  assert sorted(os.listdir(tmp_path / "out")) == ["face.json", "face.mp4", "face.npz", "face.wav",
-                                                  "hello.json", "hello.mp4", "hello.npz", "hello.wav"]
+  assert sorted(os.listdir(tmp_path / "out")) == [
+    "face.json",
+    "face.mp4",
+    "face.npz",
+    "face.wav",
+    "hello.json",
+    "hello.mp4",
+    "hello.npz",
+    "hello.wav",
+  ]
   assert json.load(open(tmp_path / "out" / "face.json"))["seed"] == 3
-  bad = subprocess.run(base + ["--task=dub", "--text=hi", f"--motion={tmp_path / 'none.npz'}"],
-                       capture_output=True, text=True, timeout=600, env=env)
+  bad = subprocess.run(
+    base + ["--task=dub", "--text=hi", f"--motion={tmp_path / 'none.npz'}"],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=env,
+  )
   assert bad.returncode == 1 and "input error: --task=dub: motion:" in bad.stderr and "does not exist" in bad.stderr

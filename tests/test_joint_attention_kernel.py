@@ -53,16 +53,17 @@ def _value_and_grads(impl, q, k, v, tokens, cotangent, window, **options):
   def loss(q, k, v):
     out = joint_attention(q, k, v, window=window, impl=impl, **tokens, **options)
     return jnp.sum(out.astype(jnp.float32) * cotangent), out
+
   (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
   return out, grads
 
 
 CASES = [  # (window, Lq, Lk, head_dim, block_q, block_k, cross)
-    (0.0, 100, 100, 64, 32, 16, False),
-    (3.0, 77, 77, 48, 16, 32, False),
-    (40.0, 130, 130, 128, 32, 32, False),
-    (math.inf, 61, 61, 64, 16, 16, False),
-    (6.0, 45, 90, 64, 16, 32, True),
+  (0.0, 100, 100, 64, 32, 16, False),
+  (3.0, 77, 77, 48, 16, 32, False),
+  (40.0, 130, 130, 128, 32, 32, False),
+  (math.inf, 61, 61, 64, 16, 16, False),
+  (6.0, 45, 90, 64, 16, 32, True),
 ]
 
 
@@ -72,8 +73,9 @@ def test_kernel_matches_reference_forward_and_gradients(window, lq, lk, d, bq, b
   dtype = jnp.dtype(dtype)
   q, k, v, tokens, cotangent = _inputs(lq + lk + d, 2, lq, lk, 2, d, dtype, cross=cross)
   ref_out, ref_grads = _value_and_grads("xla", q, k, v, tokens, cotangent, window)
-  out, grads = _value_and_grads("pallas", q, k, v, tokens, cotangent, window, block_q=bq, block_k=bk,
-                                backend="interpret")
+  out, grads = _value_and_grads(
+    "pallas", q, k, v, tokens, cotangent, window, block_q=bq, block_k=bk, backend="interpret"
+  )
   assert out.shape == q.shape and out.dtype == v.dtype
   tol = dict(atol=2e-5, rtol=2e-5) if dtype == jnp.float32 else dict(atol=3e-2, rtol=3e-2)
   f32 = lambda x: np.asarray(x, np.float32)
@@ -95,7 +97,7 @@ def _model_layout(b, la, lm, window_pad=0):
   mod = np.concatenate([np.full((b, la), AUDIO), np.full((b, lm), MOTION)], 1).astype(np.int32)
   time = np.concatenate([np.tile(np.arange(la), (b, 1)), np.tile(np.arange(lm) * STEP, (b, 1))], 1)
   valid = np.ones((b, la + lm), bool)
-  valid[1, la - 40: la] = valid[1, la + lm - 11:] = False  # example 1 is shorter
+  valid[1, la - 40 : la] = valid[1, la + lm - 11 :] = False  # example 1 is shorter
   return jnp.asarray(mod), jnp.asarray(time, jnp.float32), jnp.asarray(valid)
 
 
@@ -105,8 +107,7 @@ def test_kernel_visits_exactly_the_blocks_the_summary_allows(window):
   mod, time, valid = _model_layout(b, la, lm)
   tokens = dict(q_mod=mod, kv_mod=mod, q_time=time, kv_time=time, q_valid=valid, kv_valid=valid)
   q = jnp.ones((b, la + lm, h, d), jnp.float32)
-  visits, allowed = kernel.block_visits(q, q, q, window=window, block_q=bq, block_k=bk,
-                                        backend="interpret", **tokens)
+  visits, allowed = kernel.block_visits(q, q, q, window=window, block_q=bq, block_k=bk, backend="interpret", **tokens)
   visits, allowed = np.asarray(visits), np.asarray(allowed)
   nq = nk = -(-(la + lm) // bq)
   assert visits.shape == (b, h, nq, nk)
@@ -170,13 +171,26 @@ def test_gpu_lowering_emits_triton_kernels(dtype, d):
 
   def fwd_bwd(q, k, v, mod, time, valid):
     attend = lambda q, k, v: kernel.flash_joint_attention(
-        q, k, v, q_mod=mod, kv_mod=mod, q_time=time, kv_time=time, q_valid=valid, kv_valid=valid,
-        window=46.875, backend="triton")
+      q,
+      k,
+      v,
+      q_mod=mod,
+      kv_mod=mod,
+      q_time=time,
+      kv_time=time,
+      q_valid=valid,
+      kv_valid=valid,
+      window=46.875,
+      backend="triton",
+    )
     out, vjp = jax.vjp(attend, q, k, v)
     return out, vjp(out)
 
-  exported = jax.export.export(jax.jit(fwd_bwd), platforms=["cuda"], disabled_checks=[
-      jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(x, x, x, mod, time, valid)
+  exported = jax.export.export(
+    jax.jit(fwd_bwd),
+    platforms=["cuda"],
+    disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+  )(x, x, x, mod, time, valid)
   module = exported.mlir_module()
   for name in ("joint_attention_fwd", "joint_attention_dq", "joint_attention_dkv"):
     assert f'name = "{name}"' in module, name
@@ -188,18 +202,21 @@ def test_tpu_ahead_of_time_compile():
   """Mosaic lowering and compile for a v5p slice (no TPU needed): the kernel, forward and backward,
   at the base preset's joint length (the train step: tests/test_scaling.py, launch/tpu_compile.py)."""
   from jamflow_jax import aot
-  report = aot.compile_attention("v5p-16", batch_per_chip=1, length=1298, heads=4, head_dim=64,
-                                 window=46.875, impl="pallas")
+
+  report = aot.compile_attention(
+    "v5p-16", batch_per_chip=1, length=1298, heads=4, head_dim=64, window=46.875, impl="pallas"
+  )
   assert report["devices"] == 8 and report["kind"].startswith("TPU v5")
   assert 0 < report["temp_GiB"] < 1
 
 
 def test_tpu_slice_names():
   from jamflow_jax import aot
-  assert [aot.topology_name(n) for n in ("v5p-8", "v5p-32", "v5p-64", "v5p-128", "v4-16", "v5litepod-16",
-                                         "v6e-8", "v5e-1", "v5p:4x4x4")] == [
-      "v5p:2x2x1", "v5p:2x2x4", "v5p:2x4x4", "v5p:4x4x4", "v4:2x2x2", "v5e:4x4", "v6e:2x4", "v5e:1x1",
-      "v5p:4x4x4"]
+
+  assert [
+    aot.topology_name(n)
+    for n in ("v5p-8", "v5p-32", "v5p-64", "v5p-128", "v4-16", "v5litepod-16", "v6e-8", "v5e-1", "v5p:4x4x4")
+  ] == ["v5p:2x2x1", "v5p:2x2x4", "v5p:2x4x4", "v5p:4x4x4", "v4:2x2x2", "v5e:4x4", "v6e:2x4", "v5e:1x1", "v5p:4x4x4"]
   for bad in ("v5p-12", "v7x-8", "tpu"):
     with pytest.raises(ConfigError, match="TPU topology"):
       aot.topology_name(bad)

@@ -39,8 +39,9 @@ def fakes(tmp_path):
 
 
 def _launch(script: str, *args: str, env: dict) -> subprocess.CompletedProcess:
-  return subprocess.run(["bash", os.path.join(ROOT, "launch", script), *args], env=env, capture_output=True,
-                        text=True, timeout=120)
+  return subprocess.run(
+    ["bash", os.path.join(ROOT, "launch", script), *args], env=env, capture_output=True, text=True, timeout=120
+  )
 
 
 def test_tpu_pod_copies_the_checkout_sets_up_python_3_11_and_runs_main_on_every_worker(fakes):
@@ -49,23 +50,32 @@ def test_tpu_pod_copies_the_checkout_sets_up_python_3_11_and_runs_main_on_every_
   for home in workers:
     home.mkdir()
   # gcloud: scp copies to every worker's home; ssh runs the command on every worker (bash, its HOME).
-  _fake(bin_dir, "gcloud", f"""
-workers=({' '.join(map(str, workers))})
+  _fake(
+    bin_dir,
+    "gcloud",
+    f"""
+workers=({" ".join(map(str, workers))})
 case "$4" in
   scp) for w in "${{workers[@]}}"; do cp "$5" "$w/${{6#*:}}"; done ;;
   ssh) for a in "$@"; do [[ "$a" == --command=* ]] && cmd=${{a#--command=}}; done
        for w in "${{workers[@]}}"; do HOME="$w" WORKER="$w" bash -c "$cmd"; done ;;
 esac
-""")
+""",
+  )
   _fake(bin_dir, "python3")  # pip install --user uv
   # uv venv makes an interpreter that records what it is asked to run, per worker.
-  _fake(bin_dir, "uv", """
+  _fake(
+    bin_dir,
+    "uv",
+    """
 if [[ "$1" == venv ]]; then mkdir -p .venv/bin
   printf '#!/usr/bin/env bash\\nprintf "%%s\\\\0" "$@" > "$WORKER/main.args"\\n' > .venv/bin/python
   chmod +x .venv/bin/python; fi
-""")
-  result = _launch("tpu_pod.sh", "my-tpu", "us-central2-b", "demo", "gs://bucket/run", *OVERRIDES,
-                   env=dict(env, PROJECT="my-project"))
+""",
+  )
+  result = _launch(
+    "tpu_pod.sh", "my-tpu", "us-central2-b", "demo", "gs://bucket/run", *OVERRIDES, env=dict(env, PROJECT="my-project")
+  )
   assert result.returncode == 0, result.stderr
   scp, ssh = _calls(calls, "gcloud")
   flags = ["--zone=us-central2-b", "--worker=all", "--project=my-project"]
@@ -76,10 +86,9 @@ if [[ "$1" == venv ]]; then mkdir -p .venv/bin
   assert ["pip", "install", "--quiet", "--python", ".venv/bin/python", "-e", ".[tpu]"] in uv
   for home in workers:
     assert (home / "jamflow_jax" / "jamflow_jax" / "main.py").is_file()  # the checkout arrived
-    assert not (home / "jamflow_jax" / ".jax_cache").exists()            # what git ignores did not
+    assert not (home / "jamflow_jax" / ".jax_cache").exists()  # what git ignores did not
     args = (home / "main.args").read_text().split("\0")[:-1]
-    assert args == ["-m", "jamflow_jax.main", "--config=configs/base.py:demo", "--workdir=gs://bucket/run",
-                    *OVERRIDES]
+    assert args == ["-m", "jamflow_jax.main", "--config=configs/base.py:demo", "--workdir=gs://bucket/run", *OVERRIDES]
 
 
 def test_tpu_pod_without_overrides_passes_none_and_dry_run_only_prints(fakes):
@@ -89,8 +98,11 @@ def test_tpu_pod_without_overrides_passes_none_and_dry_run_only_prints(fakes):
   assert result.returncode == 0, result.stderr
   assert _calls(calls, "gcloud") == []  # printed, not run
   # The printed line is bash-quoted ($'...' for the multi-line command): let bash split it.
-  ssh = subprocess.run(["bash", "-c", 'eval "words=($1)"; printf "%s\\0" "${words[@]}"', "-",
-                        result.stdout.strip().splitlines()[-1]], capture_output=True, text=True).stdout.split("\0")
+  ssh = subprocess.run(
+    ["bash", "-c", 'eval "words=($1)"; printf "%s\\0" "${words[@]}"', "-", result.stdout.strip().splitlines()[-1]],
+    capture_output=True,
+    text=True,
+  ).stdout.split("\0")
   assert ssh[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"]
   command = next(a for a in ssh if a.startswith("--command="))
   assert command.endswith("-m jamflow_jax.main --config=configs/base.py:base --workdir=gs://b/r")
@@ -117,8 +129,17 @@ def _slurm(fakes, *, layout=None, gpus=None, venv_exists=True):
 def test_slurm_one_process_per_gpu(fakes):
   result, calls, venv = _slurm(fakes)
   assert result.returncode == 0, result.stderr
-  assert _calls(calls, "srun") == [["--kill-on-bad-exit=1", f"{venv}/bin/python", "-m", "jamflow_jax.main",
-                                    "--config=configs/base.py:base", "--workdir=/shared/run", *OVERRIDES]]
+  assert _calls(calls, "srun") == [
+    [
+      "--kill-on-bad-exit=1",
+      f"{venv}/bin/python",
+      "-m",
+      "jamflow_jax.main",
+      "--config=configs/base.py:base",
+      "--workdir=/shared/run",
+      *OVERRIDES,
+    ]
+  ]
   assert _calls(calls, "python3") == []  # the environment exists: nothing installed
 
 
@@ -126,7 +147,7 @@ def test_slurm_one_process_per_node_drives_all_its_gpus(fakes):
   result, calls, venv = _slurm(fakes, layout="per_node", gpus="8")
   assert result.returncode == 0, result.stderr
   (srun,) = _calls(calls, "srun")
-  assert srun[-len(OVERRIDES) - 1:] == ["--local_device_ids=0,1,2,3,4,5,6,7", *OVERRIDES]
+  assert srun[-len(OVERRIDES) - 1 :] == ["--local_device_ids=0,1,2,3,4,5,6,7", *OVERRIDES]
 
 
 def test_slurm_per_node_without_a_gpu_count_and_unknown_layouts_are_one_line(fakes):
@@ -144,26 +165,50 @@ def test_slurm_installs_gpu_jax_into_a_new_environment(fakes):
   result, calls, venv = _slurm(fakes, venv_exists=False)
   assert result.returncode == 0, result.stderr
   assert _calls(calls, "python3") == [["-m", "pip", "install", "--quiet", "--user", "uv>=0.5"]]
-  assert _calls(calls, "uv") == [["venv", "--quiet", "--python", "3.11", str(venv)],
-                                 ["pip", "install", "--quiet", "--python", f"{venv}/bin/python", "-e", f"{ROOT}[cuda]"]]
+  assert _calls(calls, "uv") == [
+    ["venv", "--quiet", "--python", "3.11", str(venv)],
+    ["pip", "install", "--quiet", "--python", f"{venv}/bin/python", "-e", f"{ROOT}[cuda]"],
+  ]
   assert len(_calls(calls, "srun")) == 1
 
 
 def test_xpk_creates_a_workload_with_the_checkout_on_python_3_11(fakes):
   _, calls, bin_dir, env = fakes
   _fake(bin_dir, "xpk")
-  result = _launch("xpk.sh", "my-cluster", "v5p-32", "base", "gs://bucket/run", *OVERRIDES,
-                   env=dict(env, WORKLOAD="jamflow-test", NUM_SLICES="2", ZONE="us-east5-a"))
+  result = _launch(
+    "xpk.sh",
+    "my-cluster",
+    "v5p-32",
+    "base",
+    "gs://bucket/run",
+    *OVERRIDES,
+    env=dict(env, WORKLOAD="jamflow-test", NUM_SLICES="2", ZONE="us-east5-a"),
+  )
   assert result.returncode == 0, result.stderr
   (xpk,) = _calls(calls, "xpk")
-  assert xpk[:-1] == ["workload", "create", "--cluster=my-cluster", "--workload=jamflow-test", "--tpu-type=v5p-32",
-                      "--num-slices=2", "--base-docker-image=python:3.11-slim", f"--script-dir={ROOT}",
-                      "--zone=us-east5-a"]
+  assert xpk[:-1] == [
+    "workload",
+    "create",
+    "--cluster=my-cluster",
+    "--workload=jamflow-test",
+    "--tpu-type=v5p-32",
+    "--num-slices=2",
+    "--base-docker-image=python:3.11-slim",
+    f"--script-dir={ROOT}",
+    "--zone=us-east5-a",
+  ]
   command = xpk[-1].removeprefix("--command=")
   install, run = command.split(" && ")
   assert install == "python3 -m pip install --quiet -e '.[tpu]'"
-  assert shlex.split(run) == ["exec", "python3", "-m", "jamflow_jax.main", "--config=configs/base.py:base",
-                              "--workdir=gs://bucket/run", *OVERRIDES]
+  assert shlex.split(run) == [
+    "exec",
+    "python3",
+    "-m",
+    "jamflow_jax.main",
+    "--config=configs/base.py:base",
+    "--workdir=gs://bucket/run",
+    *OVERRIDES,
+  ]
 
 
 def test_xpk_refuses_a_local_workdir(fakes):

@@ -17,8 +17,21 @@ def _signal(seconds=1.5, sr=24000, seed=0):
 
 def _librosa_log_mel(y):
   spec = librosa.feature.melspectrogram(
-      y=y, sr=24000, n_fft=1024, hop_length=256, win_length=1024, window="hann", center=True,
-      pad_mode="reflect", power=1.0, n_mels=100, fmin=0.0, fmax=12000.0, htk=True, norm=None)
+    y=y,
+    sr=24000,
+    n_fft=1024,
+    hop_length=256,
+    win_length=1024,
+    window="hann",
+    center=True,
+    pad_mode="reflect",
+    power=1.0,
+    n_mels=100,
+    fmin=0.0,
+    fmax=12000.0,
+    htk=True,
+    norm=None,
+  )
   return np.log(np.maximum(spec, 1e-5)).T
 
 

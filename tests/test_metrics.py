@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from jamflow_jax.audio import loudness
 from jamflow_jax.eval import metrics
 from jamflow_jax.motion.spec import MOTION_SPEC
 
@@ -13,10 +14,10 @@ def _vertex_case():
   """T = 2 frames of V = 3 vertices; the errors per vertex are chosen by hand."""
   truth = np.arange(18, dtype=np.float64).reshape(2, 3, 3)
   error = np.zeros_like(truth)
-  error[0, 0] = [1, 0, 0]    # |e|^2 = 1
-  error[0, 1] = [10, 0, 0]   # |e|^2 = 100, not a lip vertex
-  error[0, 2] = [0, 2, 0]    # |e|^2 = 4
-  error[1, 0] = [1, 1, 1]    # |e|^2 = 3
+  error[0, 0] = [1, 0, 0]  # |e|^2 = 1
+  error[0, 1] = [10, 0, 0]  # |e|^2 = 100, not a lip vertex
+  error[0, 2] = [0, 2, 0]  # |e|^2 = 4
+  error[1, 0] = [1, 1, 1]  # |e|^2 = 3
   return truth + error, truth
 
 
@@ -35,12 +36,12 @@ def test_mve_is_mean_euclidean_distance():
 def test_fdd_hand_computed():
   template = np.zeros((3, 3))
   truth = np.zeros((2, 3, 3))
-  truth[:, 0, 0] = [1, 3]               # |m|^2 = 1, 9 -> std 4
-  truth[:, 1, 1] = [0, 2]               # |m|^2 = 0, 4 -> std 2
-  truth[:, 2, 2] = [5, -7]              # not upper face
+  truth[:, 0, 0] = [1, 3]  # |m|^2 = 1, 9 -> std 4
+  truth[:, 1, 1] = [0, 2]  # |m|^2 = 0, 4 -> std 2
+  truth[:, 2, 2] = [5, -7]  # not upper face
   pred = np.zeros((2, 3, 3))
-  pred[:, 0, 0] = 1                     # constant -> std 0
-  pred[:, 1, 1] = [0, math.sqrt(2)]     # |m|^2 = 0, 2 -> std 1
+  pred[:, 0, 0] = 1  # constant -> std 0
+  pred[:, 1, 1] = [0, math.sqrt(2)]  # |m|^2 = 0, 2 -> std 1
   upper = np.array([0, 1])
   assert metrics.fdd(pred, truth, template, upper) == pytest.approx((4 + 2) / 2 - (0 + 1) / 2)
   assert metrics.fdd(truth, pred, template, upper) == pytest.approx(-2.5)  # signed: truth - pred
@@ -62,9 +63,14 @@ def test_vertex_metric_errors_name_shapes():
 
 def test_parameter_errors():
   truth = np.zeros((2, MOTION_SPEC.dim))
-  pred = MOTION_SPEC.join({"jaw": [[0.1, -0.2, 0.3], [0, 0, 0]],
-                           "expression": np.pad(np.ones((2, 5)), ((0, 0), (0, 45))),
-                           "neck": np.full((2, 3), 9.0)}, 2)
+  pred = MOTION_SPEC.join(
+    {
+      "jaw": [[0.1, -0.2, 0.3], [0, 0, 0]],
+      "expression": np.pad(np.ones((2, 5)), ((0, 0), (0, 45))),
+      "neck": np.full((2, 3), 9.0),
+    },
+    2,
+  )
   assert metrics.jaw_error(pred, truth) == pytest.approx(0.6 / 6)
   assert metrics.expression_error(pred, truth) == pytest.approx(10 / 100)
   assert metrics.lip_error(pred, truth) == pytest.approx(1.0)
@@ -95,11 +101,11 @@ def test_correlation():
 def test_frame_rms_windows_are_centred_on_frame_times():
   # 100 Hz at 25 fps: a 4-sample window centred on sample 4 j; frame 0 half outside the clip.
   wav = np.ones(12)
-  np.testing.assert_allclose(metrics.frame_rms(wav, 100), [math.sqrt(0.5), 1.0, 1.0])
+  np.testing.assert_allclose(loudness.frame_rms(wav, 100), [math.sqrt(0.5), 1.0, 1.0])
   wav = np.zeros(12)
   wav[4:6] = 2.0  # in frame 1's window [2, 6) only
   peak = math.sqrt((4 + 4) / 4)
-  np.testing.assert_allclose(metrics.frame_rms(wav, 100, num_frames=4), [0.0, peak, 0.0, 0.0])
+  np.testing.assert_allclose(loudness.frame_rms(wav, 100, num_frames=4), [0.0, peak, 0.0, 0.0])
   log_energy = metrics.log_frame_energy(wav, 100, num_frames=4)
   np.testing.assert_allclose(log_energy, np.log([1e-3, 1, 1e-3, 1e-3]) + math.log(peak))  # floor: -60 dB
 
@@ -113,8 +119,8 @@ def _smooth_signal(length, seed=0):
 def test_lip_sync_finds_known_offset(lag):
   frames, pad = 80, 5
   e = _smooth_signal(frames + 2 * pad)
-  energy = e[pad:pad + frames]
-  mouth = e[pad - lag:pad - lag + frames]  # mouth[t] = energy[t - lag]: the motion lags by `lag`
+  energy = e[pad : pad + frames]
+  mouth = e[pad - lag : pad - lag + frames]  # mouth[t] = energy[t - lag]: the motion lags by `lag`
   r, offset = metrics.lip_sync(mouth, energy, max_offset=5)
   assert offset == lag and r == pytest.approx(1.0)
 

@@ -13,16 +13,23 @@ def _inputs(config, batch=2, abstract=False):
   ta = config.data.max_mel_frames
   tm = motion_frames(config, ta)
   m = config.model
-  shapes = dict(audio_xt=((batch, ta, m.mel_dim), jnp.float32), audio_cond=((batch, ta, m.mel_dim), jnp.float32),
-                text=((batch, ta), jnp.int32), audio_valid=((batch, ta), jnp.bool_),
-                motion_xt=((batch, tm, m.motion_dim), jnp.float32),
-                motion_cond=((batch, tm, m.motion_dim), jnp.float32), motion_valid=((batch, tm), jnp.bool_),
-                t=((batch,), jnp.float32))
+  shapes = dict(
+    audio_xt=((batch, ta, m.mel_dim), jnp.float32),
+    audio_cond=((batch, ta, m.mel_dim), jnp.float32),
+    text=((batch, ta), jnp.int32),
+    audio_valid=((batch, ta), jnp.bool_),
+    motion_xt=((batch, tm, m.motion_dim), jnp.float32),
+    motion_cond=((batch, tm, m.motion_dim), jnp.float32),
+    motion_valid=((batch, tm), jnp.bool_),
+    t=((batch,), jnp.float32),
+  )
   if abstract:
     return model_lib.FlowInputs(**{k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()})
   rng = np.random.default_rng(0)
-  arrays = {k: (rng.normal(size=s) if d == jnp.float32 else rng.integers(0, 2, size=s)).astype(d)
-            for k, (s, d) in shapes.items()}
+  arrays = {
+    k: (rng.normal(size=s) if d == jnp.float32 else rng.integers(0, 2, size=s)).astype(d)
+    for k, (s, d) in shapes.items()
+  }
   arrays["t"] = np.array([0.3, 0.8], np.float32)
   return model_lib.FlowInputs(**{k: jnp.asarray(v) for k, v in arrays.items()})
 
@@ -63,7 +70,7 @@ def test_parameters_carry_logical_axes_and_shard_on_the_mesh():
   config.mesh.shape = (2, 2, 2)
   mesh = sharding.make_mesh(config)
   params = model_lib.abstract_params(config, mesh)
-  q = params["layers"][0]["audio"]["q"]["kernel"]          # [embed, heads, head_dim]
+  q = params["layers"][0]["audio"]["q"]["kernel"]  # [embed, heads, head_dim]
   ff = params["layers"][0]["audio"]["ff"]["up"]["kernel"]  # [embed, mlp]
   assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
   assert ff.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
@@ -72,6 +79,7 @@ def test_parameters_carry_logical_axes_and_shard_on_the_mesh():
 @pytest.mark.parametrize("shape, groups", [((2, 2, 2), 16), ((8, 1, 1), 32), ((4, 1, 2), 2)])
 def test_grouped_conv_gradient_is_exact_under_batch_sharding(shape, groups):
   from jamflow_jax.model.layers import grouped_conv
+
   config = get_config("tiny")
   config.mesh.shape = shape
   x = jax.random.normal(jax.random.key(0), (8, 48, 32))
@@ -80,15 +88,16 @@ def test_grouped_conv_gradient_is_exact_under_batch_sharding(shape, groups):
   expected = jax.grad(loss, argnums=(0, 1))(w, x)
   mesh = sharding.make_mesh(config)
   with sharding.use_mesh(mesh, config):
-    xs = jax.device_put(x, sharding.batch_sharding(mesh, 3))
+    xs = jax.device_put(x, sharding.batch_sharding(mesh, 3, ("data", "fsdp")))
     got = jax.jit(jax.grad(loss, argnums=(0, 1)))(w, xs)
   for g, e in zip(got, expected):
     np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
 
 
 def test_remat_and_bf16_keep_the_gradient():
-  from jamflow_jax import flow
   from data_pipelines.synthetic import SyntheticBatches
+  from jamflow_jax import flow
+
   config = get_config("tiny")
   config.train.batch_size = 2
   batch = {k: jnp.asarray(v) for k, v in SyntheticBatches(config).make_batch(0).items()}

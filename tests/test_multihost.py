@@ -22,12 +22,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300
 STEPS = 4
 # One length bucket, a 2-utterance a2m evaluation at the last step with 2 solver steps: small programs.
-TINY = ["--config=configs/base.py:tiny", "--config.data.max_mel_frames=32", f"--config.train.num_steps={STEPS}",
-        "--config.checkpoint.every_steps=2", "--config.train.log_every_steps=1", "--config.eval.tasks=('a2m',)",
-        "--config.eval.train_examples=2", "--config.eval.num_examples=2", "--config.eval.render=False",
-        "--config.sample.nfe=2", "--config.sample.video=False",
-        # 4 heads, so that the tensor axis can span 4 devices.
-        "--config.model.heads=4", "--config.model.head_dim=8"]
+TINY = [
+  "--config=configs/base.py:tiny",
+  "--config.data.max_mel_frames=32",
+  f"--config.train.num_steps={STEPS}",
+  "--config.checkpoint.every_steps=2",
+  "--config.train.log_every_steps=1",
+  "--config.eval.tasks=('a2m',)",
+  "--config.eval.train_examples=2",
+  "--config.eval.num_examples=2",
+  "--config.eval.render=False",
+  "--config.sample.nfe=2",
+  "--config.sample.video=False",
+  # 4 heads, so that the tensor axis can span 4 devices.
+  "--config.model.heads=4",
+  "--config.model.head_dim=8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +45,11 @@ def shared(tmp_path_factory):
   """A one-bucket corpus, a compilation cache for every launch, and the 1 process x 4 devices run."""
   root = tmp_path_factory.mktemp("multihost")
   write_random_corpus(root / "corpus", 24, min_frames=20, max_frames=30)
-  env = {"JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
-         # Unoptimised CPU code compiles in half the time; every run of the comparison uses it.
-         "EXTRA_XLA": "--xla_backend_optimization_level=0"}
+  env = {
+    "JAX_COMPILATION_CACHE_DIR": str(root / "jax_cache"),
+    # Unoptimised CPU code compiles in half the time; every run of the comparison uses it.
+    "EXTRA_XLA": "--xla_backend_optimization_level=0",
+  }
   _run(root, env, "single", 1, 4, "(4,1,1)", f"--config.eval.every_steps={STEPS}")
   return root, env, _metrics(root, "single", 1)[0]
 
@@ -48,22 +60,34 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(root, env, name: str, processes: int, devices: int, *args: str,
-           mode: str = "train") -> list[subprocess.Popen]:
+def _start(
+  root, env, name: str, processes: int, devices: int, *args: str, mode: str = "train"
+) -> list[subprocess.Popen]:
   """`processes` x `devices` running main on workdir root/name (metrics into root/name-P.jsonl)."""
   port, procs = _free_port(), []
   for p in range(processes):
     # Every program cached, however quick to compile: a resumed run or another mode recompiles nothing.
-    penv = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=env["JAX_COMPILATION_CACHE_DIR"],
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {env['EXTRA_XLA']}")
-    cmd = [sys.executable, "-m", "jamflow_jax.main", *TINY, f"--mode={mode}", f"--workdir={root / name}",
-           f"--config.data.path={root / 'corpus'}", f"--config.train.metrics_file={root / name}-{{process}}.jsonl",
-           *args]
+    penv = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      JAX_COMPILATION_CACHE_DIR=env["JAX_COMPILATION_CACHE_DIR"],
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {env['EXTRA_XLA']}",
+    )
+    cmd = [
+      sys.executable,
+      "-m",
+      "jamflow_jax.main",
+      *TINY,
+      f"--mode={mode}",
+      f"--workdir={root / name}",
+      f"--config.data.path={root / 'corpus'}",
+      f"--config.train.metrics_file={root / name}-{{process}}.jsonl",
+      *args,
+    ]
     if processes > 1:
       cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}", f"--process_id={p}"]
-    procs.append(subprocess.Popen(cmd, cwd=ROOT, env=penv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True))
+    procs.append(subprocess.Popen(cmd, cwd=ROOT, env=penv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
   return procs
 
 
@@ -160,8 +184,9 @@ def test_tensor_axis_across_processes_trains_like_one_process_and_resumes_after_
   # (1,1,4) over 2 processes x 2 devices: each process holds 2 of the 4 replicas of every row, so
   # both load the whole batch.
   root, env, reference = shared
-  _kill_at_checkpoint(_start(root, env, "tensor", 2, 2, "--config.mesh.shape=(1,1,4)"),
-                      root / "tensor" / "checkpoints" / "2")
+  _kill_at_checkpoint(
+    _start(root, env, "tensor", 2, 2, "--config.mesh.shape=(1,1,4)"), root / "tensor" / "checkpoints" / "2"
+  )
   logs = _run(root, env, "tensor", 2, 2, "(1,1,4)")
   assert all("resumed from" in log for log in logs)
   _assert_losses_equal(_metrics(root, "tensor", 2), reference)
@@ -178,9 +203,22 @@ def test_fsdp_and_tensor_across_processes_train_like_one_process(shared):
 def test_a_mesh_the_model_cannot_be_split_over_is_one_config_error(tmp_path):
   # 8-way tensor parallelism over 4 heads.
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  result = subprocess.run([sys.executable, "-m", "jamflow_jax.main", *TINY, "--config.data.source=synthetic",
-                           f"--workdir={tmp_path / 'w'}", "--config.mesh.shape=(1,1,8)"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "jamflow_jax.main",
+      *TINY,
+      "--config.data.source=synthetic",
+      f"--workdir={tmp_path / 'w'}",
+      "--config.mesh.shape=(1,1,8)",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT_S,
+  )
   assert result.returncode != 0
   lines = result.stderr.strip().splitlines()
   assert lines[-1].startswith("config error:") and "tensor" in lines[-1], result.stderr[-2000:]

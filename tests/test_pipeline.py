@@ -8,20 +8,19 @@ import jax
 import numpy as np
 import pytest
 from absl import flags
-from conftest import write_random_corpus
 
 from configs.base import get_config
-from data_pipelines import builtin, pipeline, shards
-from jamflow_jax import checkpoint as checkpoint_lib
-from jamflow_jax import text as text_lib
-from jamflow_jax import train as train_lib
+from data_pipelines import builtin, pipeline, shards, sources
+from jamflow_jax import checkpoint as checkpoint_lib, text as text_lib, train as train_lib
 from jamflow_jax.config import ConfigError
+from jamflow_jax.motion.stats import MotionStats
+
+from conftest import write_random_corpus
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-  return write_random_corpus(tmp_path_factory.mktemp("corpus"), 150, min_frames=16, max_frames=60,
-                             records_per_shard=32)
+  return write_random_corpus(tmp_path_factory.mktemp("corpus"), 150, min_frames=16, max_frames=60, records_per_shard=32)
 
 
 def _config(corpus, **data):
@@ -73,8 +72,9 @@ def test_batch_contract(corpus):
       np.testing.assert_array_equal(batch["mel"][row, :ta], record["mel"].astype(np.float32))
       assert batch["mel_valid"][row].sum() == ta and batch["motion_valid"][row].sum() == tm
       assert np.all(batch["mel"][row, ta:] == 0) and np.all(batch["motion"][row, tm:] == 0)
-      np.testing.assert_allclose(batch["motion"][row, :tm] * corpus.motion_std + corpus.motion_mean,
-                                 record["motion"], atol=1e-5)
+      np.testing.assert_allclose(
+        batch["motion"][row, :tm] * corpus.motion_std + corpus.motion_mean, record["motion"], atol=1e-5
+      )
       np.testing.assert_array_equal(batch["text"][row], text_lib.pad_to(text_lib.encode(record["text"]), length))
   assert iterator.get_state() == {"grain": {"next_index": 3}, "plan": plan.fingerprint}
 
@@ -86,7 +86,7 @@ def test_processes_get_disjoint_slices_covering_the_data(corpus):
   seen = []
   for p in range(2):
     rows = np.arange(p * config.train.batch_size // 2, (p + 1) * config.train.batch_size // 2)
-    loader = pipeline.BatchLoader(source, plan, corpus.motion_mean, corpus.motion_std, rows=rows)
+    loader = pipeline.BatchLoader(source, plan, MotionStats(corpus.motion_mean, corpus.motion_std), rows=rows)
     seen.append([r["id"] for index in range(plan.batches_per_epoch) for r in loader.records(index)])
   assert not set(seen[0]) & set(seen[1]) and len(seen[0]) == len(seen[1]) == len(set(seen[0]))
   covered = {source[int(i)]["id"] for i in plan.epoch(0)[0].ravel()}
@@ -130,13 +130,14 @@ def test_bad_record_policy(tmp_path):
 
     def __getitem__(self, index):
       if index == victim:
-        raise shards.BadRecordError(f"{corpus.directory}/train-00000.array_record: record {index}: checksum "
-                                    "mismatch (corrupt record)")
+        raise shards.BadRecordError(
+          f"{corpus.directory}/train-00000.array_record: record {index}: checksum mismatch (corrupt record)"
+        )
       return source[index]
 
   with pytest.raises(shards.BadRecordError, match=r"train-\d+.array_record: record \d+: checksum mismatch"):
-    pipeline.BatchLoader(Corrupted(), plan, corpus.motion_mean, corpus.motion_std)(0)
-  loader = pipeline.BatchLoader(Corrupted(), plan, corpus.motion_mean, corpus.motion_std, on_bad="skip")
+    pipeline.BatchLoader(Corrupted(), plan, MotionStats(corpus.motion_mean, corpus.motion_std))(0)
+  loader = pipeline.BatchLoader(Corrupted(), plan, MotionStats(corpus.motion_mean, corpus.motion_std), on_bad="skip")
   batch = loader(0)
   assert loader.skipped == 1 and batch["mel"].shape[0] == 4 and batch["mel_valid"].any(axis=1).all()
 
@@ -154,14 +155,15 @@ def test_worker_processes_give_the_same_batches(corpus):
 def test_train_on_a_corpus_resumes_exactly(corpus, tmp_path):
   config = _config(corpus, num_buckets=2)
   config.train.num_steps, config.checkpoint.every_steps, config.train.log_every_steps = 6, 3, 1
-  straight = train_lib.train(config, str(tmp_path / "straight"))
+  straight = train_lib.train(config, str(tmp_path / "straight"), *sources.for_training(config))
   config.train.num_steps = 3
-  first = train_lib.train(config, str(tmp_path / "resumed"))
+  first = train_lib.train(config, str(tmp_path / "resumed"), *sources.for_training(config))
   config.train.num_steps = 6
-  second = train_lib.train(config, str(tmp_path / "resumed"))
+  second = train_lib.train(config, str(tmp_path / "resumed"), *sources.for_training(config))
   assert sorted({**first, **second}) == list(range(1, 7))
-  np.testing.assert_allclose([{**first, **second}[s] for s in range(1, 7)], [straight[s] for s in range(1, 7)],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    [{**first, **second}[s] for s in range(1, 7)], [straight[s] for s in range(1, 7)], rtol=1e-6
+  )
   assert (tmp_path / "straight" / "motion_stats.json").exists()
 
 
@@ -169,9 +171,19 @@ def test_main_names_a_truncated_shard_in_one_line(tmp_path):
   write_random_corpus(tmp_path, 40, records_per_shard=16)
   path = tmp_path / "train-00001.array_record"
   path.write_bytes(path.read_bytes()[:1000])
-  proc = subprocess.run([sys.executable, "-m", "jamflow_jax.main", "--config=configs/base.py:tiny",
-                         f"--workdir={tmp_path / 'run'}", f"--config.data.path={tmp_path}"],
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "jamflow_jax.main",
+      "--config=configs/base.py:tiny",
+      f"--workdir={tmp_path / 'run'}",
+      f"--config.data.path={tmp_path}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith(f"data error: {path}: "), proc.stderr[-2000:]
 
@@ -189,13 +201,16 @@ def test_a_position_saved_for_another_plan_restarts_the_data(corpus):
     np.testing.assert_array_equal(next(resumed)["mel"], first["mel"])
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(
+  "change, message",
+  [
     ({"data.motion_fps": 30.0}, "data.motion_fps=30.0 but the data was made with 25.0"),
     ({"data.hop_length": 240}, "data.hop_length=240 but the data was made with 256"),
     ({"data.max_mel_frames": 17}, "at most data.max_mel_frames=17 mel frames"),
     ({"data.split": "test"}, "data.split='test'"),
     ({"model.motion_dim": 58}, "model.motion_dim=58"),
-])
+  ],
+)
 def test_data_that_does_not_fit_the_config_is_a_config_error(corpus, change, message):
   config = _config(corpus)
   for key, value in change.items():

@@ -10,8 +10,8 @@ import pytest
 import soundfile
 from scipy.spatial.transform import Rotation
 
-from data_pipelines import preprocess, shards, trackers
-from jamflow_jax.motion import rotations
+from data_pipelines import preprocess, shards
+from jamflow_jax.motion import rotations, trackers
 from jamflow_jax.motion.spec import MOTION_SPEC, motion_frames_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,6 +25,7 @@ def _random_axis_angle(rng, n):
 
 # ----------------------------------------------------------------------------- rotations
 
+
 def test_ninety_degrees_about_x():
   aa = np.array([np.pi / 2, 0.0, 0.0])
   r = rotations.axis_angle_to_matrix(aa)
@@ -34,8 +35,7 @@ def test_ninety_degrees_about_x():
   np.testing.assert_allclose(rotations.matrix_to_axis_angle(r), aa, atol=1e-15)
   # 6D = first two rows (PyTorch3D); rows need not be orthonormal on the way in.
   np.testing.assert_allclose(rotations.matrix_to_rotation_6d(r), [1, 0, 0, 0, 0, -1], atol=1e-15)
-  np.testing.assert_allclose(rotations.rotation_6d_to_axis_angle(np.array([2.0, 0, 0, 1, 0, -3])), aa,
-                             atol=1e-15)
+  np.testing.assert_allclose(rotations.rotation_6d_to_axis_angle(np.array([2.0, 0, 0, 1, 0, -3])), aa, atol=1e-15)
 
 
 def test_near_zero_keeps_precision():
@@ -43,8 +43,9 @@ def test_near_zero_keeps_precision():
   r = rotations.axis_angle_to_matrix(aa)
   np.testing.assert_allclose(r[0], np.eye(3) + rotations._skew(aa[0]), atol=1e-17)
   np.testing.assert_allclose(rotations.matrix_to_axis_angle(r), aa, rtol=1e-6, atol=1e-17)
-  np.testing.assert_allclose(rotations.quaternion_to_axis_angle(rotations.axis_angle_to_quaternion(aa)), aa,
-                             rtol=1e-9, atol=1e-20)
+  np.testing.assert_allclose(
+    rotations.quaternion_to_axis_angle(rotations.axis_angle_to_quaternion(aa)), aa, rtol=1e-9, atol=1e-20
+  )
 
 
 def test_near_pi():
@@ -91,6 +92,7 @@ def test_linear_resampling_and_frame_placement():
 
 # ----------------------------------------------------------------------------- trackers
 
+
 def _save(path, **arrays):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   np.savez(path, **arrays)
@@ -100,8 +102,9 @@ def _save(path, **arrays):
 def test_emoca_pose_layout(tmp_path):
   rng = np.random.default_rng(1)
   exp, pose = rng.normal(size=(12, 50)), rng.normal(size=(12, 6)) * 0.3
-  track = trackers.read_track(_save(tmp_path / "a.npz", exp=exp, pose=pose, shape=rng.normal(size=(12, 100)),
-                                    cam=rng.normal(size=(12, 3))))
+  track = trackers.read_track(
+    _save(tmp_path / "a.npz", exp=exp, pose=pose, shape=rng.normal(size=(12, 100)), cam=rng.normal(size=(12, 3)))
+  )
   assert track.format == "emoca" and track.fps is None and track.motion.shape == (12, 61)
   np.testing.assert_allclose(track.motion[:, SL["expression"]], exp, rtol=1e-6)
   np.testing.assert_allclose(track.motion[:, SL["global_rot"]], pose[:, :3], rtol=1e-6)
@@ -115,15 +118,22 @@ def test_emoca_family_variants(tmp_path):
   jaw_aa = _random_axis_angle(rng, 8) * 0.3
   jaw_6d = rotations.matrix_to_rotation_6d(rotations.axis_angle_to_matrix(jaw_aa))
   # An explicit 6D jaw wins over the jaw half of `pose`; a short expression vector is zero-padded.
-  track = trackers.read_track(_save(tmp_path / "b.npz", expcode=rng.normal(size=(8, 1, 30)),
-                                    posecode=np.zeros((8, 6)), jaw=jaw_6d, fps=np.array(30.0)))
+  track = trackers.read_track(
+    _save(
+      tmp_path / "b.npz", expcode=rng.normal(size=(8, 1, 30)), posecode=np.zeros((8, 6)), jaw=jaw_6d, fps=np.array(30.0)
+    )
+  )
   np.testing.assert_allclose(track.motion[:, SL["jaw"]], jaw_aa, atol=1e-6)
   assert track.fps == 30.0 and not track.motion[:, 30:50].any()
   assert any("zero-padded" in note for note in track.notes)
   # SMIRK's encoder outputs.
-  smirk = {"expression_params": rng.normal(size=(8, 50)), "jaw_params": jaw_aa,
-           "pose_params": jaw_aa[::-1].copy(), "eyelid_params": rng.uniform(size=(8, 2)),
-           "shape_params": rng.normal(size=(8, 300))}
+  smirk = {
+    "expression_params": rng.normal(size=(8, 50)),
+    "jaw_params": jaw_aa,
+    "pose_params": jaw_aa[::-1].copy(),
+    "eyelid_params": rng.uniform(size=(8, 2)),
+    "shape_params": rng.normal(size=(8, 300)),
+  }
   track = trackers.read_track(_save(tmp_path / "c.npz", **smirk))
   np.testing.assert_allclose(track.motion[:, SL["jaw"]], jaw_aa, rtol=1e-6)
   np.testing.assert_allclose(track.motion[:, SL["global_rot"]], smirk["pose_params"], rtol=1e-6)
@@ -133,11 +143,18 @@ def test_emoca_family_variants(tmp_path):
 def test_vhap_layout(tmp_path):
   rng = np.random.default_rng(3)
   t = 10
-  params = {"rotation": rng.normal(size=(t, 3)) * 0.2, "neck_pose": rng.normal(size=(t, 3)) * 0.2,
-            "jaw_pose": rng.normal(size=(t, 3)) * 0.2, "expr": rng.normal(size=(t, 100)),
-            "eyes_pose": rng.normal(size=(t, 6)), "translation": rng.normal(size=(t, 3)),
-            "shape": rng.normal(size=300), "static_offset": rng.normal(size=(1, 20, 3)),
-            "timestep_id": np.array([f"{i:05d}" for i in range(t)]), "n_processed_frames": np.array(t)}
+  params = {
+    "rotation": rng.normal(size=(t, 3)) * 0.2,
+    "neck_pose": rng.normal(size=(t, 3)) * 0.2,
+    "jaw_pose": rng.normal(size=(t, 3)) * 0.2,
+    "expr": rng.normal(size=(t, 100)),
+    "eyes_pose": rng.normal(size=(t, 6)),
+    "translation": rng.normal(size=(t, 3)),
+    "shape": rng.normal(size=300),
+    "static_offset": rng.normal(size=(1, 20, 3)),
+    "timestep_id": np.array([f"{i:05d}" for i in range(t)]),
+    "n_processed_frames": np.array(t),
+  }
   track = trackers.read_track(_save(tmp_path / "s" / "tracked_flame_params.npz", **params))
   assert track.format == "vhap" and track.fps is None
   np.testing.assert_allclose(track.motion[:, SL["expression"]], params["expr"][:, :50], rtol=1e-6)
@@ -154,8 +171,7 @@ def test_jamflow_layout_and_fps_conversion(tmp_path):
   out, track = trackers.load_motion(path, default_fps=10.0)  # the file's rate wins
   assert track.format == "jamflow" and track.fps == 60 and out.shape == (25, 61) and out.dtype == np.float32
   np.testing.assert_allclose(out[:, 0], np.arange(25) / 25, atol=1e-6)
-  np.testing.assert_allclose(out[:, SL["jaw"]], rotations.resample_rotations(motion[:, SL["jaw"]], 60, 25),
-                             atol=1e-6)
+  np.testing.assert_allclose(out[:, SL["jaw"]], rotations.resample_rotations(motion[:, SL["jaw"]], 60, 25), atol=1e-6)
 
 
 def test_tracker_errors_name_file_and_key(tmp_path):
@@ -178,6 +194,7 @@ def test_tracker_errors_name_file_and_key(tmp_path):
 
 
 # ----------------------------------------------------------------------------- preprocess
+
 
 def _tone(path, seconds, sr, channels=1):
   t = np.arange(int(seconds * sr)) / sr
@@ -202,8 +219,13 @@ def raw_corpus(tmp_path):
   _tone(f"{audio}/spk1/b.flac", 1.0, 44100, channels=2)
   _save(f"{motion}/spk1/b.npz", motion=np.full((25, 61), 0.05), fps=np.array(25.0))
   _tone(f"{audio}/spk2/c.wav", 1.1, 16000)
-  vhap = {"rotation": np.zeros((33, 3)), "neck_pose": np.zeros((33, 3)), "jaw_pose": np.full((33, 3), 0.1),
-          "expr": np.zeros((33, 100)), "shape": np.zeros(300)}
+  vhap = {
+    "rotation": np.zeros((33, 3)),
+    "neck_pose": np.zeros((33, 3)),
+    "jaw_pose": np.full((33, 3), 0.1),
+    "expr": np.zeros((33, 100)),
+    "shape": np.zeros(300),
+  }
   _save(f"{motion}/spk2/c/tracked_flame_params.npz", **vhap)
   _save(f"{motion}/spk2/c/flame_param/00000.npz", expr=np.zeros((1, 100)))  # a VHAP export, not an utterance
   _tone(f"{audio}/spk2/d.wav", 1.0, 16000)  # no motion
@@ -219,24 +241,45 @@ def raw_corpus(tmp_path):
   (audio / "spk1" / "a.txt").write_text("Hello \u201cworld\u201d.\n")
   (audio / "spk2" / "e.lab").write_text("  \n")
   tsv = tmp_path / "transcripts.tsv"
-  tsv.write_text("spk1/b\tSecond one.\nspk2/c\tThird one.\nspk2/d\tNo motion.\nspk2/f\tShort.\n"
-                 "spk2/g\t\u65e5\u672c\u8a9e\nspk2/i\tToo long a track.\n\nspk3/h\tNo audio.\n")
+  tsv.write_text(
+    "spk1/b\tSecond one.\nspk2/c\tThird one.\nspk2/d\tNo motion.\nspk2/f\tShort.\n"
+    "spk2/g\t\u65e5\u672c\u8a9e\nspk2/i\tToo long a track.\n\nspk3/h\tNo audio.\n"
+  )
   return tmp_path
 
 
 def test_preprocess_end_to_end(raw_corpus):
   out = raw_corpus / "corpus"
   result = subprocess.run(
-      [sys.executable, "-m", "data_pipelines.preprocess", f"--out={out}",
-       f"--audio_dir={raw_corpus / 'audio'}", f"--motion_dir={raw_corpus / 'motion'}",
-       f"--transcripts={raw_corpus / 'transcripts.tsv'}", "--motion_fps=30", "--validation_fraction=0.3",
-       "--records_per_shard=2"],
-      check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "data_pipelines.preprocess",
+      f"--out={out}",
+      f"--audio_dir={raw_corpus / 'audio'}",
+      f"--motion_dir={raw_corpus / 'motion'}",
+      f"--transcripts={raw_corpus / 'transcripts.tsv'}",
+      "--motion_fps=30",
+      "--validation_fraction=0.3",
+      "--records_per_shard=2",
+    ],
+    check=False,
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 0, result.stderr
   assert "skipped" in result.stdout and "preprocess_report.json" in result.stdout
   report = json.loads((out / preprocess.REPORT_FILE).read_text())
-  assert report["skipped"] == {"bad_transcript": 1, "empty_transcript": 1, "length_mismatch": 1,
-                               "missing_audio": 1, "missing_motion": 1, "too_short": 1}
+  assert report["skipped"] == {
+    "bad_transcript": 1,
+    "empty_transcript": 1,
+    "length_mismatch": 1,
+    "missing_audio": 1,
+    "missing_motion": 1,
+    "too_short": 1,
+  }
   assert {p["id"] for p in report["problems"]} == {"spk2/d", "spk2/e", "spk2/f", "spk2/g", "spk2/i", "spk3/h"}
   assert sum(report["written"].values()) == 3
   assert report["motion_formats"] == {"emoca": 1, "jamflow": 1, "vhap": 1}
@@ -261,13 +304,19 @@ def test_preprocess_end_to_end(raw_corpus):
 
 def test_preprocess_needs_a_frame_rate(raw_corpus):
   with pytest.raises(trackers.MissingFrameRateError, match=r"a\.npz.*--motion_fps"):
-    preprocess.preprocess(str(raw_corpus / "out"), str(raw_corpus / "audio"), str(raw_corpus / "motion"),
-                          transcripts=str(raw_corpus / "transcripts.tsv"), progress=False)
+    preprocess.preprocess(
+      str(raw_corpus / "out"),
+      str(raw_corpus / "audio"),
+      str(raw_corpus / "motion"),
+      transcripts=str(raw_corpus / "transcripts.tsv"),
+      progress=False,
+    )
   (raw_corpus / "used").mkdir()
   (raw_corpus / "used" / "train-00000.array_record").write_bytes(b"")
   with pytest.raises(ValueError, match="already holds a corpus"):
-    preprocess.preprocess(str(raw_corpus / "used"), str(raw_corpus / "audio"), str(raw_corpus / "motion"),
-                          motion_fps=30, progress=False)
+    preprocess.preprocess(
+      str(raw_corpus / "used"), str(raw_corpus / "audio"), str(raw_corpus / "motion"), motion_fps=30, progress=False
+    )
 
 
 def test_split_and_speaker_rules():

@@ -29,26 +29,49 @@ def cache(tmp_path_factory):
 
 def _command(workdir, *args, steps=STEPS, metrics=None, mode="train"):
   metrics = metrics or f"{workdir}.jsonl"
-  return [sys.executable, "-m", "jamflow_jax.main", "--config=configs/base.py:tiny", f"--mode={mode}",
-          "--config.data.source=synthetic", f"--config.train.num_steps={steps}",
-          f"--config.checkpoint.every_steps={EVERY}", "--config.train.log_every_steps=1",
-          f"--config.train.metrics_file={metrics}", "--config.sample.video=False", "--config.sample.nfe=2",
-          f"--workdir={workdir}", *args]
+  return [
+    sys.executable,
+    "-m",
+    "jamflow_jax.main",
+    "--config=configs/base.py:tiny",
+    f"--mode={mode}",
+    "--config.data.source=synthetic",
+    f"--config.train.num_steps={steps}",
+    f"--config.checkpoint.every_steps={EVERY}",
+    "--config.train.log_every_steps=1",
+    f"--config.train.metrics_file={metrics}",
+    "--config.sample.video=False",
+    "--config.sample.nfe=2",
+    f"--workdir={workdir}",
+    *args,
+  ]
 
 
 def _env(cache):
-  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", JAX_COMPILATION_CACHE_DIR=str(cache),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  return dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS="",
+    JAX_COMPILATION_CACHE_DIR=str(cache),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  )
 
 
 def _main(cache, workdir, *args, **kw) -> subprocess.CompletedProcess:
-  return subprocess.run(_command(workdir, *args, **kw), cwd=ROOT, env=_env(cache), capture_output=True,
-                        text=True, timeout=TIMEOUT_S)
+  return subprocess.run(
+    _command(workdir, *args, **kw), cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=TIMEOUT_S
+  )
 
 
 def _start(cache, workdir, *args, **kw) -> subprocess.Popen:
-  return subprocess.Popen(_command(workdir, *args, **kw), cwd=ROOT, env=_env(cache), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    _command(workdir, *args, **kw),
+    cwd=ROOT,
+    env=_env(cache),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _losses(path) -> dict[int, float]:
@@ -123,17 +146,35 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(cache, refe
   port = _free_port()
 
   def start():
-    return [subprocess.Popen(
-        _command(work, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={p}",
-                 metrics=f"{work}-{{process}}.jsonl"),
-        cwd=ROOT, env=_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for p in (0, 1)]
+    return [
+      subprocess.Popen(
+        _command(
+          work,
+          f"--coordinator_address=127.0.0.1:{port}",
+          "--num_processes=2",
+          f"--process_id={p}",
+          metrics=f"{work}-{{process}}.jsonl",
+        ),
+        cwd=ROOT,
+        env=_env(cache),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+      for p in (0, 1)
+    ]
+
   procs = start()
   _wait_for(lambda: len(_losses(f"{work}-0.jsonl")) >= 3, procs[0], "step 3")
   procs[0].send_signal(signal.SIGTERM)
   logs = [p.communicate(timeout=TIMEOUT_S)[1] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
-  stopped = {line.split("at step ")[1].split(",")[0] for log in logs for line in log.splitlines()
-             if "stopped by SIGTERM at step" in line}
+  stopped = {
+    line.split("at step ")[1].split(",")[0]
+    for log in logs
+    for line in log.splitlines()
+    if "stopped by SIGTERM at step" in line
+  }
   assert len(stopped) == 1, logs  # both processes, the same step
   port = _free_port()
   procs = start()
@@ -175,22 +216,24 @@ def _truncate(path):
 
 def _write_pickle(path):
   import pickle
+
   with open(path, "wb") as f:
     f.write(pickle.dumps({"__reduce__": "os.system"}) * 100)
 
 
 DAMAGE = {
-    "64 bytes flipped": lambda d: _flip(_largest_data_file(d)),
-    "data file truncated": lambda d: _truncate(_largest_data_file(d)),
-    "data file replaced by a pickle": lambda d: _write_pickle(_largest_data_file(d)),
-    "_METADATA empty": lambda d: open(f"{d}/state/_METADATA", "w").close(),
-    "_METADATA missing": lambda d: os.remove(f"{d}/state/_METADATA"),
+  "64 bytes flipped": lambda d: _flip(_largest_data_file(d)),
+  "data file truncated": lambda d: _truncate(_largest_data_file(d)),
+  "data file replaced by a pickle": lambda d: _write_pickle(_largest_data_file(d)),
+  "_METADATA empty": lambda d: open(f"{d}/state/_METADATA", "w").close(),
+  "_METADATA missing": lambda d: os.remove(f"{d}/state/_METADATA"),
 }
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_a_damaged_latest_checkpoint_is_set_aside_and_training_resumes_from_the_previous(
-    cache, reference, tmp_path, damage):
+  cache, reference, tmp_path, damage
+):
   work = tmp_path / "work"
   shutil.copytree(reference[0], work)
   DAMAGE[damage](work / "checkpoints" / str(STEPS))
@@ -235,8 +278,14 @@ def test_a_failed_save_stops_the_run_in_one_line_and_keeps_the_earlier_checkpoin
   try:
     if error == "Permission denied":
       proc = _start(cache, work, metrics=str(tmp_path / "m.jsonl"))
-      _wait_for(lambda: (work / "checkpoints" / str(EVERY) / "commit_success.txt").exists()
-                or (work / "checkpoints" / str(EVERY) / "_CHECKPOINT_METADATA").exists(), proc, "checkpoint 10")
+      _wait_for(
+        lambda: (
+          (work / "checkpoints" / str(EVERY) / "commit_success.txt").exists()
+          or (work / "checkpoints" / str(EVERY) / "_CHECKPOINT_METADATA").exists()
+        ),
+        proc,
+        "checkpoint 10",
+      )
       os.chmod(work / "checkpoints", 0o555)
       proc.wait(timeout=TIMEOUT_S)
       result = subprocess.CompletedProcess(proc.args, proc.returncode, "", proc.stderr.read())

@@ -46,8 +46,9 @@ def test_cube_silhouette_and_shading():
   outside[7:57, 7:57] = False
   assert not lit[outside].any()
   # Only the front face (normal +z) shows: the sides are edge-on, the back is culled.
-  np.testing.assert_array_equal(frame[0, 9:55, 9:55].reshape(-1, 3), np.broadcast_to(_expected_rgb([0, 0, 1]),
-                                                                                      (46 * 46, 3)))
+  np.testing.assert_array_equal(
+    frame[0, 9:55, 9:55].reshape(-1, 3), np.broadcast_to(_expected_rgb([0, 0, 1]), (46 * 46, 3))
+  )
   background = render.render_frames(corners, faces, size=64, margin=0.125, background=(10, 20, 30))
   np.testing.assert_array_equal(background[0, 0, 0], [10, 20, 30])
 
@@ -62,8 +63,7 @@ def test_view_is_fitted_to_the_first_frame():
 
 def _square(x0, x1, y0, y1, z, tilt=0.0):
   """Two counter-clockwise triangles facing +z (tilted about x by z += tilt * y)."""
-  v = np.array([[x0, y0, z + tilt * y0], [x1, y0, z + tilt * y0], [x1, y1, z + tilt * y1],
-                [x0, y1, z + tilt * y1]])
+  v = np.array([[x0, y0, z + tilt * y0], [x1, y0, z + tilt * y0], [x1, y1, z + tilt * y1], [x0, y1, z + tilt * y1]])
   return v, np.array([[0, 1, 2], [0, 2, 3]])
 
 
@@ -104,8 +104,9 @@ def test_render_rejects_bad_input():
 
 def _ffmpeg_info(path) -> str:
   # `ffmpeg -i FILE` without an output prints the streams, then exits 1 ("output file required").
-  result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
-                          capture_output=True, text=True)
+  result = subprocess.run(
+    [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True
+  )
   return result.stderr
 
 
@@ -115,8 +116,22 @@ def _duration(info: str) -> float:
 
 
 def _decode(path, width, height) -> np.ndarray:
-  raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-i", str(path),
-                        "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"], capture_output=True, check=True).stdout
+  raw = subprocess.run(
+    [
+      imageio_ffmpeg.get_ffmpeg_exe(),
+      "-loglevel",
+      "error",
+      "-i",
+      str(path),
+      "-f",
+      "rawvideo",
+      "-pix_fmt",
+      "rgb24",
+      "pipe:1",
+    ],
+    capture_output=True,
+    check=True,
+  ).stdout
   return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
 
 
@@ -126,7 +141,7 @@ def _moving_frames(num_frames=50, height=64, width=96):
   frames[..., 2] = np.linspace(0, 120, width, dtype=np.uint8)
   for t in range(num_frames):
     x = t * (width - 16) // num_frames
-    frames[t, 20:36, x:x + 16] = (230, 200, 40)
+    frames[t, 20:36, x : x + 16] = (230, 200, 40)
   return frames
 
 
@@ -167,9 +182,14 @@ def test_write_video_errors(tmp_path):
 def test_plot_motion_writes_png(tmp_path, with_wav):
   frames = 75
   t = np.arange(frames) / 25
-  motion = MOTION_SPEC.join({"jaw": np.stack([0.2 * np.abs(np.sin(3 * t)), 0 * t, 0 * t], -1),
-                             "expression": 0.5 * np.sin(t[:, None] + np.arange(50)),
-                             "eyelids": np.zeros((frames, 2))}, frames)
+  motion = MOTION_SPEC.join(
+    {
+      "jaw": np.stack([0.2 * np.abs(np.sin(3 * t)), 0 * t, 0 * t], -1),
+      "expression": 0.5 * np.sin(t[:, None] + np.arange(50)),
+      "eyelids": np.zeros((frames, 2)),
+    },
+    frames,
+  )
   wav = np.sin(2 * np.pi * 200 * np.arange(3 * 24000) / 24000) * np.abs(np.sin(3 * np.arange(3 * 24000) / 24000))
   path = tmp_path / "motion.png"
   render.plot_motion(path, motion, wav=wav if with_wav else None)
@@ -183,14 +203,27 @@ def test_command_line_renders_the_stand_in_face_speaking(tmp_path):
   import sys
 
   from jamflow_jax.audio.wav import write_wav
+
   frames = 50
   motion = np.zeros((frames, MOTION_SPEC.dim), np.float32)
   motion[:, MOTION_SPEC.slice("jaw").start] = 0.15 * (1 + np.sin(np.arange(frames) / 3))  # the jaw opens and closes
   np.savez(tmp_path / "talk.npz", motion=motion, fps=25.0)
   write_wav(tmp_path / "talk.wav", 0.2 * np.sin(np.arange(48000) * 0.05), 24000)
-  done = subprocess.run([sys.executable, "-m", "jamflow_jax.motion.render", f"--motion={tmp_path / 'talk.npz'}",
-                         f"--audio={tmp_path / 'talk.wav'}", "--size=96", "--plot"],
-                        capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  done = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "jamflow_jax.motion.render",
+      f"--motion={tmp_path / 'talk.npz'}",
+      f"--audio={tmp_path / 'talk.wav'}",
+      "--size=96",
+      "--plot",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   info = _ffmpeg_info(tmp_path / "talk.mp4")
   assert "Video: h264" in info and "Audio: aac" in info and abs(_duration(info) - 2.0) < 0.1

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jamflow_jax import model as model_lib, sampling, sharding
+from jamflow_jax import choices, model as model_lib, sampling, sharding
 from jamflow_jax.sampling import Conditions, SamplerOptions
 
 
@@ -15,12 +15,12 @@ def test_solvers_converge_at_their_order():
   exact = (x0 + 1 / a**2) * np.exp(a) - 1 / a - 1 / a**2
   velocity = lambda x, t: a * x + t
   errors = {}
-  for solver in sampling.SOLVERS:
+  for solver in choices.SOLVERS:
     for n in (16, 32):
       grid = jnp.linspace(0.0, 1.0, n + 1)
       errors[solver, n] = float(jnp.max(jnp.abs(sampling.integrate(velocity, x0, grid, solver) - exact)))
-  assert 1.8 < errors["euler", 16] / errors["euler", 32] < 2.2          # first order
-  assert 3.6 < errors["midpoint", 16] / errors["midpoint", 32] < 4.4    # second order
+  assert 1.8 < errors["euler", 16] / errors["euler", 32] < 2.2  # first order
+  assert 3.6 < errors["midpoint", 16] / errors["midpoint", 32] < 4.4  # second order
   assert errors["midpoint", 32] < 1e-3 and errors["euler", 32] < 2e-2
   # On a swayed grid (dense near 0) both still converge to the solution.
   grid = jnp.asarray(sampling.time_grid(SamplerOptions(solver="midpoint", nfe=64, sway=-1.0)))
@@ -29,7 +29,9 @@ def test_solvers_converge_at_their_order():
 
 def test_integrate_takes_pytrees():
   x = (jnp.ones((2, 3)), jnp.zeros((4,)))
-  out = sampling.integrate(lambda x, t: (jnp.ones_like(x[0]), 2 * jnp.ones_like(x[1])), x, jnp.linspace(0, 1, 5), "euler")
+  out = sampling.integrate(
+    lambda x, t: (jnp.ones_like(x[0]), 2 * jnp.ones_like(x[1])), x, jnp.linspace(0, 1, 5), "euler"
+  )
   np.testing.assert_allclose(out[0], 2.0, atol=1e-6)
   np.testing.assert_allclose(out[1], 2.0, atol=1e-6)
 
@@ -58,10 +60,14 @@ def _conditions(config, b=2, ta=40, seed=0):
   text = np.zeros((b, ta), np.int32)
   text[:, :12] = rng.integers(32, 127, (b, 12))
   return Conditions(
-      text=text, audio=rng.normal(size=(b, ta, 100)).astype(np.float32),
-      audio_given=np.arange(ta)[None].repeat(b, 0) < 10, audio_valid=np.ones((b, ta), bool),
-      motion=rng.normal(size=(b, tm, 61)).astype(np.float32),
-      motion_given=np.arange(tm)[None].repeat(b, 0) < 3, motion_valid=np.ones((b, tm), bool))
+    text=text,
+    audio=rng.normal(size=(b, ta, 100)).astype(np.float32),
+    audio_given=np.arange(ta)[None].repeat(b, 0) < 10,
+    audio_valid=np.ones((b, ta), bool),
+    motion=rng.normal(size=(b, tm, 61)).astype(np.float32),
+    motion_given=np.arange(tm)[None].repeat(b, 0) < 3,
+    motion_valid=np.ones((b, tm), bool),
+  )
 
 
 @pytest.fixture
@@ -75,20 +81,34 @@ def tiny_model(tiny_config):
 def test_guidance_strength_zero_is_the_conditional_call_and_strengths_combine(tiny_config, tiny_model):
   model, mesh = tiny_model
   c = jax.tree.map(jnp.asarray, _conditions(tiny_config))
-  x = (jax.random.normal(jax.random.PRNGKey(0), c.audio.shape), jax.random.normal(jax.random.PRNGKey(1), c.motion.shape))
+  x = (
+    jax.random.normal(jax.random.PRNGKey(0), c.audio.shape),
+    jax.random.normal(jax.random.PRNGKey(1), c.motion.shape),
+  )
   t = jnp.float32(0.4)
   with sharding.use_mesh(mesh, tiny_config):
+
     def call(cond):  # one plain model call on conditions `cond`
       return sampling.guided_velocity(model, cond, ())(x, t)
+
     plain = call(c)
     opts = SamplerOptions(cfg_text=0.0, cfg_audio=0.0, cfg_motion=0.0)
     assert sampling.guidance_plan(opts, dict(text=True, audio=True, motion=True)) == ()
     # Strength 0: exactly the conditional call, computed the way the model computes it.
     from jamflow_jax.model.jamflow import FlowInputs
-    direct = model(FlowInputs(audio_xt=x[0], audio_cond=jnp.where(c.audio_given[..., None], c.audio, 0.0),
-                              text=c.text, audio_valid=c.audio_valid, motion_xt=x[1],
-                              motion_cond=jnp.where(c.motion_given[..., None], c.motion, 0.0),
-                              motion_valid=c.motion_valid, t=jnp.full((2,), 0.4)))
+
+    direct = model(
+      FlowInputs(
+        audio_xt=x[0],
+        audio_cond=jnp.where(c.audio_given[..., None], c.audio, 0.0),
+        text=c.text,
+        audio_valid=c.audio_valid,
+        motion_xt=x[1],
+        motion_cond=jnp.where(c.motion_given[..., None], c.motion, 0.0),
+        motion_valid=c.motion_valid,
+        t=jnp.full((2,), 0.4),
+      )
+    )
     np.testing.assert_array_equal(plain[0], direct[0])
     np.testing.assert_array_equal(plain[1], direct[1])
     # One batched call with three strengths = the formula over four separate calls.
@@ -112,8 +132,9 @@ def test_sampler_is_deterministic_and_keeps_given_frames(tiny_config):
   with sharding.use_mesh(mesh, tiny_config):
     model = model_lib.create(tiny_config, seed=3)
   from flax import nnx
-  graphdef, params = nnx.split(model, nnx.Param)
-  sampler = sampling.Sampler(graphdef, nnx.to_pure_dict(params), mesh, tiny_config)
+
+  _, params = nnx.split(model, nnx.Param)
+  sampler = sampling.Sampler(tiny_config, nnx.to_pure_dict(params), mesh)
   c = _conditions(tiny_config)
   opts = SamplerOptions(nfe=4)
   a1, m1 = sampler(c, opts, seed=7)

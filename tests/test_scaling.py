@@ -9,7 +9,15 @@ from flax import nnx
 
 from configs.base import get_config
 from data_pipelines.synthetic import SyntheticBatches
-from jamflow_jax import checkpoint as checkpoint_lib, config as config_lib, flow, model as model_lib, sharding, train
+from jamflow_jax import (
+  checkpoint as checkpoint_lib,
+  choices,
+  config as config_lib,
+  flow,
+  model as model_lib,
+  sharding,
+  train,
+)
 from jamflow_jax.model import attention, layer_stack
 
 
@@ -28,7 +36,7 @@ def test_period_of_the_joint_pattern():
 
 
 def test_remat_policy_names_match_the_config_options():
-  assert tuple(layer_stack.POLICIES) == config_lib.REMAT_POLICIES
+  assert tuple(layer_stack.POLICIES) == choices.REMAT_POLICIES
 
 
 def _loss_and_grads(config, params, batch):
@@ -122,7 +130,9 @@ def one_device_run():
 def test_tensor_parallel_and_mixed_meshes_equal_one_device(one_device_run, shape):
   config, (want_metrics, want_params) = one_device_run
   mesh = _mesh(config, shape)
-  q = train.Trainer(config, mesh).abstract_state.params["layers"][1]["motion"]["q"]["kernel"]  # (embed, heads, head_dim)
+  q = train.Trainer(config, mesh).abstract_state.params["layers"][1]["motion"]["q"][
+    "kernel"
+  ]  # (embed, heads, head_dim)
   assert q.sharding.shard_shape(q.shape) == (32 // shape[1], 8 // shape[2], 8)
   got_metrics, got_params = _run_steps(config, mesh)
   np.testing.assert_allclose(got_metrics, want_metrics, rtol=1e-5)
@@ -150,15 +160,25 @@ def test_pallas_joint_attention_runs_per_batch_and_head_shard(monkeypatch):
   def recording(q, k, v, **kw):
     seen.append(q.shape)
     return real(q, k, v, **kw)
+
   monkeypatch.setattr(attention.kernel, "flash_joint_attention", recording)
   b, length, heads, dim = 4, 32, 8, 8
   q, k, v = (jax.random.normal(jax.random.key(i), (b, length, heads, dim)) for i in range(3))
   time = jnp.broadcast_to(jnp.arange(length, dtype=jnp.float32), (b, length))
-  tokens = dict(q_mod=jnp.zeros((b, length), jnp.int32), kv_mod=jnp.zeros((b, length), jnp.int32), q_time=time,
-                kv_time=time, q_valid=jnp.ones((b, length), bool), kv_valid=jnp.ones((b, length), bool))
+  tokens = dict(
+    q_mod=jnp.zeros((b, length), jnp.int32),
+    kv_mod=jnp.zeros((b, length), jnp.int32),
+    q_time=time,
+    kv_time=time,
+    q_valid=jnp.ones((b, length), bool),
+    kv_valid=jnp.ones((b, length), bool),
+  )
   with sharding.use_mesh(_mesh(config, (2, 1, 4)), config):
-    run = lambda impl: jax.jit(lambda q, k, v: attention.joint_attention(
-        q, k, v, **tokens, window=4.0, impl=impl, backend="interpret", block_q=16, block_k=16))(q, k, v)
+    run = lambda impl: jax.jit(
+      lambda q, k, v: attention.joint_attention(
+        q, k, v, **tokens, window=4.0, impl=impl, backend="interpret", block_q=16, block_k=16
+      )
+    )(q, k, v)
     got, want = run("pallas"), run("xla")
   assert seen == [(2, length, 2, dim)]
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -201,9 +221,11 @@ def test_checkpoints_cross_the_layer_layout(tiny_config, tmp_path):
   _assert_trees_close(jax.device_get(ema), want.ema_params, rtol=0)
 
   scanned.train.num_steps = 1  # the loop resumes from it, saves step 1 scanned ...
-  assert sorted(train.train(scanned, str(tmp_path))) == [1]
+  assert sorted(train.train(scanned, str(tmp_path), SyntheticBatches(scanned))) == [1]
   # ... which an unrolled model reads back
-  back, _ = checkpoint_lib.Checkpointer(str(tmp_path), tiny_config).restore(train.Trainer(tiny_config, mesh).abstract_state)
+  back, _ = checkpoint_lib.Checkpointer(str(tmp_path), tiny_config).restore(
+    train.Trainer(tiny_config, mesh).abstract_state
+  )
   assert int(back.step) == 1 and sorted(back.params["layers"]) == [0, 1, 2, 3]
 
 
@@ -218,8 +240,9 @@ def test_scaled_presets():
     assert m.heads * m.head_dim == m.audio_width and layer_stack.period(m.depth, m.joint_layers) == 2
 
 
-needs_libtpu = pytest.mark.skipif(__import__("importlib").util.find_spec("libtpu") is None,
-                                  reason="needs the tpu extra (jax[tpu])")
+needs_libtpu = pytest.mark.skipif(
+  __import__("importlib").util.find_spec("libtpu") is None, reason="needs the tpu extra (jax[tpu])"
+)
 
 
 @needs_libtpu
@@ -227,6 +250,7 @@ needs_libtpu = pytest.mark.skipif(__import__("importlib").util.find_spec("libtpu
 def test_state_shards_over_a_64_chip_slice(preset):
   """FSDP over v5p:4x4x4: every parameter divides, and each chip holds ~1/64 of the train state."""
   from jamflow_jax import aot
+
   config = get_config(preset)
   config.mesh.shape = (1, -1, 1)
   devices = aot.topology_devices("v5p:4x4x4")
@@ -237,20 +261,42 @@ def test_state_shards_over_a_64_chip_slice(preset):
 
 @needs_libtpu
 def test_tpu_compile_script_writes_its_rows(tmp_path):
-  """launch/tpu_compile.py on tiny: the table and its JSON rows (the fields other tools read)."""
+  """`python -m launch.tpu_compile` on tiny: the table and its JSON rows (the fields other tools read)."""
   import json
   import os
   import subprocess
   import sys
+
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = tmp_path / "rows.json"
-  run = subprocess.run([sys.executable, os.path.join(root, "launch", "tpu_compile.py"), "--preset=tiny",
-                        "--topology=v5p:2x2x2", "--impls=pallas", "--meshes=2x2x2", "--noattention",
-                        "--set=model.scan_layers=True", f"--json={out}"],
-                       capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  run = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.tpu_compile",
+      "--preset=tiny",
+      "--topology=v5p:2x2x2",
+      "--impls=pallas",
+      "--meshes=2x2x2",
+      "--noattention",
+      "--config=configs/base.py",
+      "--config.model.scan_layers=True",
+      f"--json={out}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=root,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert run.returncode == 0, run.stderr[-2000:]
   [row] = json.loads(out.read_text())
   assert {k: row[k] for k in ("preset", "topology", "mesh", "impl", "layout")} == {
-      "preset": "tiny", "topology": "v5p:2x2x2", "mesh": "2x2x2", "impl": "pallas", "layout": "scanned"}
+    "preset": "tiny",
+    "topology": "v5p:2x2x2",
+    "mesh": "2x2x2",
+    "impl": "pallas",
+    "layout": "scanned",
+  }
   assert 0 < row["mem_gib_per_chip"] < 1 and row["compile_s"] > 0 and row["headroom"] > 0.99
   assert "error" not in row and "train step" in run.stdout

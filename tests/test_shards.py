@@ -8,18 +8,23 @@ import zlib
 import numpy as np
 import pytest
 from array_record.python import array_record_module
-from conftest import write_random_corpus
 
 from data_pipelines import shards
 from jamflow_jax import text as text_lib
 from jamflow_jax.motion.spec import motion_frames_for
 
+from conftest import write_random_corpus
+
 
 def _record(frames=40, **overrides):
   rng = np.random.default_rng(frames)
-  record = {"id": "utt-1", "speaker": "spk", "text": "Hello, world!",
-            "mel": rng.normal(-4, 2, (frames, 100)).astype(np.float16),
-            "motion": rng.normal(0, 0.3, (motion_frames_for(frames), 61)).astype(np.float32)}
+  record = {
+    "id": "utt-1",
+    "speaker": "spk",
+    "text": "Hello, world!",
+    "mel": rng.normal(-4, 2, (frames, 100)).astype(np.float16),
+    "motion": rng.normal(0, 0.3, (motion_frames_for(frames), 61)).astype(np.float32),
+  }
   record.update(overrides)
   return record
 
@@ -37,8 +42,12 @@ def test_corpus_round_trip_and_metadata(tmp_path):
   corpus = write_random_corpus(tmp_path, 40, records_per_shard=16)
   train = corpus.split("train")
   assert len(train) == 32 and len(corpus.split("validation")) == 8
-  assert sorted(os.listdir(tmp_path)) == ["corpus.json", "train-00000.array_record", "train-00001.array_record",
-                                          "validation-00000.array_record"]
+  assert sorted(os.listdir(tmp_path)) == [
+    "corpus.json",
+    "train-00000.array_record",
+    "train-00001.array_record",
+    "validation-00000.array_record",
+  ]
   records = [train[i] for i in range(len(train))]
   streamed = [r for f in ("train-00000", "train-00001") for r in shards.read_records(tmp_path / f"{f}.array_record")]
   assert [r["id"] for r in records] == [r["id"] for r in streamed]
@@ -52,7 +61,9 @@ def test_corpus_round_trip_and_metadata(tmp_path):
   assert meta["motion"]["parts"][1] == ["jaw", 3] and meta["audio"]["n_mels"] == 100
 
 
-@pytest.mark.parametrize("change, reason", [
+@pytest.mark.parametrize(
+  "change, reason",
+  [
     ({"mel": np.zeros((40, 100), np.int16)}, "mel dtype int16"),
     ({"mel": np.zeros((40, 80), np.float32)}, "mel has 80 bins"),
     ({"motion": np.zeros((motion_frames_for(40), 60), np.float32)}, "motion has 60 dims"),
@@ -63,7 +74,8 @@ def test_corpus_round_trip_and_metadata(tmp_path):
     ({"text": "na\u00efve \u4e2d"}, "outside the vocabulary"),
     ({"text": "x" * 41}, "longer than its 40 mel frames"),
     ({"speaker": 3}, "speaker is int"),
-])
+  ],
+)
 def test_bad_record_is_refused_when_written(tmp_path, change, reason):
   with shards.CorpusWriter(tmp_path) as writer:
     writer.add("train", _record())
@@ -100,7 +112,9 @@ def _write_shard(path, payloads):
   writer.close()
 
 
-@pytest.mark.parametrize("payload, reason", [
+@pytest.mark.parametrize(
+  "payload, reason",
+  [
     (_raw(_record(motion=np.full((motion_frames_for(40), 61), np.inf, np.float32))), "motion has NaN/inf"),
     (_raw(_record(mel=np.zeros((40, 100), np.float32))), "mel stored as float32, expected float16"),
     (_raw(_record(text="")), "empty transcript"),
@@ -108,7 +122,8 @@ def _write_shard(path, payloads):
     (_raw(_record())[:-40] + _raw(_record())[-4:], "checksum mismatch"),
     (b"\x00" * 64, "checksum mismatch"),
     (_reseal(_raw(_record()).replace(b'"arrays"', b'"arrayz"')), "malformed record header"),
-])
+  ],
+)
 def test_bad_record_is_refused_when_read(tmp_path, payload, reason):
   path = tmp_path / "train-00000.array_record"
   _write_shard(path, [shards.serialize(_record()), payload])
@@ -123,7 +138,7 @@ def test_truncated_shard_fails_or_is_skipped(tmp_path):
   write_random_corpus(tmp_path, 40, records_per_shard=16)
   path = tmp_path / "train-00001.array_record"
   data = path.read_bytes()
-  path.write_bytes(data[:len(data) // 3])
+  path.write_bytes(data[: len(data) // 3])
   with pytest.raises(shards.BadShardError, match="train-00001.array_record"):
     shards.Corpus(tmp_path).split("train")
   with pytest.raises(shards.BadShardError, match="train-00001.array_record"):

@@ -5,8 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from data_pipelines import espeak as espeak_lib
-from data_pipelines import shards, synth_corpus
+from data_pipelines import espeak as espeak_lib, shards, synth_corpus
 from data_pipelines.espeak import Phoneme
 from data_pipelines.synth_motion import synth_motion
 from jamflow_jax.audio import mel as mel_lib
@@ -19,8 +18,9 @@ JAW = MOTION_SPEC.slice("jaw").start
 LIDS = MOTION_SPEC.slice("eyelids")
 HEAD = MOTION_SPEC.slice("global_rot")
 NECK = MOTION_SPEC.slice("neck")
-MOUTH = [EXPRESSION_COMPONENTS[k] for k in ("lip_closure", "lip_rounding", "lip_spreading", "labiodental",
-                                            "tongue_tip")]
+MOUTH = [
+  EXPRESSION_COMPONENTS[k] for k in ("lip_closure", "lip_rounding", "lip_spreading", "labiodental", "tongue_tip")
+]
 
 
 # ---------------------------------------------------------------------------------------------- eSpeak
@@ -79,7 +79,7 @@ def _speech(segments: list[tuple[str, float, float]], total: float, *, stress: i
   phonemes, t, envelope = [], 0.0, np.zeros(round(total * SR))
   for name, length, amplitude in segments:
     phonemes.append(Phoneme(name, stress if name[0] in "aAiu" else 0, t))
-    envelope[round(t * SR):round((t + length) * SR)] = amplitude
+    envelope[round(t * SR) : round((t + length) * SR)] = amplitude
     t += length
   phonemes.append(Phoneme("_", 0, t))
   time = np.arange(envelope.shape[0]) / SR
@@ -91,9 +91,10 @@ def _frame(t: float) -> int:
   return round(t * MOTION_SPEC.fps)
 
 
-@pytest.mark.parametrize("consonant, component", [("m", "lip_closure"), ("b", "lip_closure"),
-                                                  ("f", "labiodental"), ("T", "tongue_tip"),
-                                                  ("w", "lip_rounding")])
+@pytest.mark.parametrize(
+  "consonant, component",
+  [("m", "lip_closure"), ("b", "lip_closure"), ("f", "labiodental"), ("T", "tongue_tip"), ("w", "lip_rounding")],
+)
 def test_consonant_visemes_between_open_vowels(consonant, component):
   phonemes, wav = _speech([("_", 0.1, 0.0), ("A:", 0.3, 0.3), (consonant, 0.16, 0.03), ("A:", 0.3, 0.3)], 1.4)
   motion = synth_motion(phonemes, wav, seed=0)
@@ -222,8 +223,7 @@ def _energy_at_frames(mel: np.ndarray, num_frames: int) -> np.ndarray:
 
 def test_jaw_opening_follows_speech_energy(corpora):
   records = _records(corpora["a"])
-  matched = [np.corrcoef(r["motion"][:, JAW], _energy_at_frames(r["mel"], r["motion"].shape[0]))[0, 1]
-             for r in records]
+  matched = [np.corrcoef(r["motion"][:, JAW], _energy_at_frames(r["mel"], r["motion"].shape[0]))[0, 1] for r in records]
   # Control: jaw of one utterance against the energy of another (same lengths) is unrelated.
   shuffled = []
   for r, other in zip(records, records[1:] + records[:1], strict=True):

@@ -8,11 +8,12 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import write_random_corpus
 
 from configs.base import get_config
 from data_pipelines import pipeline, shards, tfds_builder
 from jamflow_jax.motion.spec import motion_frames_for
+
+from conftest import write_random_corpus
 
 SPLITS = {"train": 25, "validation": 5}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +94,7 @@ def test_same_batches_as_the_shard_source(corpus_dir, data_dir):
     indices, _ = from_tfds.loader.plan.batch(step)
     for row, index in enumerate(indices):
       motion = tfds_source[int(index)]["motion"]
-      np.testing.assert_array_equal(batch["motion"][row, :len(motion)], (motion - mean) / std)
+      np.testing.assert_array_equal(batch["motion"][row, : len(motion)], (motion - mean) / std)
 
 
 def test_bad_record_names_dataset_split_and_index(data_dir):
@@ -133,8 +134,14 @@ def test_prepare_reuses_or_overwrites(corpus_dir, tmp_path):
 
 def test_command_line(corpus_dir, tmp_path):
   flags = [f"--corpus={corpus_dir}", f"--data_dir={tmp_path}"]
-  result = subprocess.run([sys.executable, "-m", "data_pipelines.tfds_builder", *flags], capture_output=True,
-                          text=True, check=True, timeout=120, cwd=REPO)
+  result = subprocess.run(
+    [sys.executable, "-m", "data_pipelines.tfds_builder", *flags],
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=120,
+    cwd=REPO,
+  )
   counts = f"(train {SPLITS['train']}, validation {SPLITS['validation']} records)"
   assert f"is prepared in {tmp_path}/jamflow_corpus/1.0.0 {counts}" in result.stdout
   assert len(tfds_builder.TfdsSplit(tfds_builder.NAME, tmp_path, "train")) == SPLITS["train"]

@@ -5,22 +5,23 @@ import pickle
 import ml_dtypes
 import numpy as np
 import pytest
-from checkpoint_files import View, write_safetensors, write_torch_zip, write_zip_with_pickle
 
 from jamflow_jax import torch_checkpoint
+
+from checkpoint_files import View, write_safetensors, write_torch_zip, write_zip_with_pickle
 
 
 def _arrays(seed=0):
   rng = np.random.default_rng(seed)
   return {
-      "f32": rng.standard_normal((3, 4)).astype(np.float32),
-      "f16": rng.standard_normal((5,)).astype(np.float16),
-      "bf16": rng.standard_normal((2, 3, 2)).astype(ml_dtypes.bfloat16),
-      "i64": rng.integers(-2**40, 2**40, (4,)),
-      "f64": rng.standard_normal((2,)),
-      "i8": rng.integers(-100, 100, (3,)).astype(np.int8),
-      "mask": rng.random((2, 2)) > 0.5,
-      "scalar": np.array(1.5, np.float32),
+    "f32": rng.standard_normal((3, 4)).astype(np.float32),
+    "f16": rng.standard_normal((5,)).astype(np.float16),
+    "bf16": rng.standard_normal((2, 3, 2)).astype(ml_dtypes.bfloat16),
+    "i64": rng.integers(-(2**40), 2**40, (4,)),
+    "f64": rng.standard_normal((2,)),
+    "i8": rng.integers(-100, 100, (3,)).astype(np.int8),
+    "mask": rng.random((2, 2)) > 0.5,
+    "scalar": np.array(1.5, np.float32),
   }
 
 
@@ -54,10 +55,13 @@ def test_safetensors_rejects_bad_offsets(tmp_path):
 def test_torch_zip_dtypes_views_and_nesting(tmp_path, byteorder):
   arrays = _arrays()
   base = np.arange(40, dtype=np.float32) * 0.5
-  transposed = View(base, 0, (4, 5), (1, 4))          # a [5, 4] tensor's .t(): non-contiguous
+  transposed = View(base, 0, (4, 5), (1, 4))  # a [5, 4] tensor's .t(): non-contiguous
   offset_view = View(base, 7, (3, 2), (4, 1), parameter=True)  # a slice: storage offset 7
-  tree = {"ema_model_state_dict": {**arrays, "t": transposed, "sliced": offset_view},
-          "step": 7, "history": [np.ones(2, np.int32), "note"]}
+  tree = {
+    "ema_model_state_dict": {**arrays, "t": transposed, "sliced": offset_view},
+    "step": 7,
+    "history": [np.ones(2, np.int32), "note"],
+  }
   path = tmp_path / "model_1200.pt"
   write_torch_zip(path, tree, byteorder=byteorder)
 
@@ -81,8 +85,10 @@ def test_torch_zip_dtypes_views_and_nesting(tmp_path, byteorder):
 def test_torch_zip_untyped_storage_dtypes(tmp_path):
   """uint16 / float8 tensors: byte storage + _rebuild_tensor_v3(..., dtype), as torch >= 2.3 saves them."""
   rng = np.random.default_rng(1)
-  arrays = {"u16": rng.integers(0, 2**16, (3, 2)).astype(np.uint16),
-            "f8": rng.standard_normal((4,)).astype(ml_dtypes.float8_e4m3fn)}
+  arrays = {
+    "u16": rng.integers(0, 2**16, (3, 2)).astype(np.uint16),
+    "f8": rng.standard_normal((4,)).astype(ml_dtypes.float8_e4m3fn),
+  }
   base = np.arange(12, dtype=np.uint16)
   path = tmp_path / "new_dtypes.pt"
   write_torch_zip(path, {**arrays, "u16_t": View(base, 2, (2, 3), (1, 4))})
@@ -95,8 +101,12 @@ def test_torch_zip_untyped_storage_dtypes(tmp_path):
 def test_refuses_foreign_globals_without_running_them(tmp_path):
   marker = tmp_path / "pwned"
   # GLOBAL os.system + REDUCE, hand-assembled the way a hostile checkpoint would be.
-  payload = (b"\x80\x02cos\nsystem\nq\x00X" + len(f"touch {marker}").to_bytes(4, "little")
-             + f"touch {marker}".encode() + b"\x85R.")
+  payload = (
+    b"\x80\x02cos\nsystem\nq\x00X"
+    + len(f"touch {marker}").to_bytes(4, "little")
+    + f"touch {marker}".encode()
+    + b"\x85R."
+  )
   path = tmp_path / "evil.bin"
   write_zip_with_pickle(path, payload)
   with pytest.raises(torch_checkpoint.UnsafeCheckpointError, match=r"os\.system.*") as info:

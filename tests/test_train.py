@@ -76,11 +76,11 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_config, tmp_path):
   tiny_config.checkpoint.every_steps = 3
   tiny_config.train.log_every_steps = 1
   tiny_config.optim.schedule = "linear"  # step-dependent learning rate: resuming must get it right
-  uninterrupted = train.train(tiny_config, str(tmp_path / "a"))
+  uninterrupted = train.train(tiny_config, str(tmp_path / "a"), SyntheticBatches(tiny_config))
   with pytest.raises(_Preempted):
-    train.train(tiny_config, str(tmp_path / "b"), source=_DiesAt(tiny_config, 4))
+    train.train(tiny_config, str(tmp_path / "b"), _DiesAt(tiny_config, 4))
   assert checkpoint_lib.Checkpointer(str(tmp_path / "b"), tiny_config).latest_step() == 3
-  resumed = train.train(tiny_config, str(tmp_path / "b"))
+  resumed = train.train(tiny_config, str(tmp_path / "b"), SyntheticBatches(tiny_config))
   assert sorted(resumed) == [4, 5, 6]
   np.testing.assert_array_equal([resumed[s] for s in (4, 5, 6)], [uninterrupted[s] for s in (4, 5, 6)])
 
@@ -89,7 +89,7 @@ def test_restore_onto_a_different_mesh(tiny_config, tmp_path):
   tiny_config.train.num_steps = 2
   tiny_config.checkpoint.every_steps = 2
   tiny_config.mesh.shape = (8, 1, 1)
-  train.train(tiny_config, str(tmp_path))
+  train.train(tiny_config, str(tmp_path), SyntheticBatches(tiny_config))
   saved = checkpoint_lib.Checkpointer(str(tmp_path), tiny_config)
   trainer8 = train.Trainer(tiny_config, _mesh(tiny_config, (8, 1, 1)))
   before, data_before = saved.restore(trainer8.abstract_state)
@@ -117,9 +117,16 @@ def test_learning_rate_schedule(tiny_config):
 
 
 def test_main_trains_and_resumes(tmp_path):
-  args = [sys.executable, "-m", "jamflow_jax.main", "--config=configs/base.py:tiny", f"--workdir={tmp_path}",
-          "--config.data.source=synthetic", "--config.checkpoint.every_steps=3",
-          "--config.train.log_every_steps=2"]
+  args = [
+    sys.executable,
+    "-m",
+    "jamflow_jax.main",
+    "--config=configs/base.py:tiny",
+    f"--workdir={tmp_path}",
+    "--config.data.source=synthetic",
+    "--config.checkpoint.every_steps=3",
+    "--config.train.log_every_steps=2",
+  ]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   first = subprocess.run(args + ["--config.train.num_steps=3"], capture_output=True, text=True, timeout=600, env=env)
   assert first.returncode == 0, first.stderr[-3000:]
@@ -128,8 +135,13 @@ def test_main_trains_and_resumes(tmp_path):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
   assert (tmp_path / "config.json").exists()
   # The resumed run computes attention with the Pallas kernel: how attention runs is not the model.
-  second = subprocess.run(args + ["--config.train.num_steps=5", "--config.model.attention_impl=pallas"],
-                          capture_output=True, text=True, timeout=600, env=env)
+  second = subprocess.run(
+    args + ["--config.train.num_steps=5", "--config.model.attention_impl=pallas"],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=env,
+  )
   assert second.returncode == 0, second.stderr[-3000:]
   assert "resumed from" in second.stderr and "at step 3" in second.stderr
   assert sorted(os.listdir(tmp_path / "checkpoints"), key=int) == ["3", "5"]
@@ -139,7 +151,7 @@ def test_tiny_learns_a_fixed_batch(tiny_config, tmp_path):
   tiny_config.data.synthetic_num_batches = 1  # the same batch every step
   tiny_config.train.num_steps = 300
   tiny_config.checkpoint.every_steps = 300
-  losses = train.train(tiny_config, str(tmp_path))
+  losses = train.train(tiny_config, str(tmp_path), SyntheticBatches(tiny_config))
   first = np.mean([losses[s] for s in range(1, 26)])
   last = np.mean([losses[s] for s in range(276, 301)])
   assert last < 0.5 * first, (first, last)
@@ -147,7 +159,7 @@ def test_tiny_learns_a_fixed_batch(tiny_config, tmp_path):
 
 def test_resuming_with_another_model_is_refused(tiny_config, tmp_path):
   tiny_config.train.num_steps = tiny_config.checkpoint.every_steps = 1
-  train.train(tiny_config, str(tmp_path))
+  train.train(tiny_config, str(tmp_path), SyntheticBatches(tiny_config))
   tiny_config.model.audio_width = 48
   with pytest.raises(ConfigError, match=r"other model.\* settings \(audio_width: 32 -> 48\)"):
-    train.train(tiny_config, str(tmp_path))
+    train.train(tiny_config, str(tmp_path), SyntheticBatches(tiny_config))

@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.special
-from checkpoint_files import write_safetensors, write_torch_zip
 from flax import nnx
 
 from jamflow_jax.audio import griffin_lim, mel, vocoder, vocos
+
+from checkpoint_files import write_safetensors, write_torch_zip
 
 SR = 24000
 
@@ -32,7 +33,7 @@ def _magnitude(wav):
 
 
 def _spectral_convergence(wav, reference):
-  s, s_hat = _magnitude(reference), _magnitude(wav[:reference.size])
+  s, s_hat = _magnitude(reference), _magnitude(wav[: reference.size])
   return float(np.linalg.norm(s - s_hat) / np.linalg.norm(s))
 
 
@@ -71,7 +72,7 @@ def test_griffin_lim_reconstructs_the_spectrogram():
   random_phase = _spectral_convergence(np.asarray(run(log_mel, num_iters=0, seed=0)), x)
   assert converged < 0.25 and random_phase > 0.55
   # Log-mel MAE of the resynthesis, measured 0.094 nats (random phase: 0.77).
-  assert np.abs(mel.log_mel(y[:x.size]) - log_mel).mean() < 0.15
+  assert np.abs(mel.log_mel(y[: x.size]) - log_mel).mean() < 0.15
 
   again = np.asarray(run(log_mel, num_iters=64, seed=0))
   np.testing.assert_array_equal(again, y)
@@ -101,23 +102,44 @@ def _state_dict(n_mels, dim, intermediate_dim, num_layers, seed=0, buffers=True)
   def normal(*shape, scale=0.02, mean=0.0):
     return (mean + scale * rng.standard_normal(shape)).astype(np.float32)
 
-  sd = {"backbone.embed.weight": normal(dim, n_mels, 7, scale=0.05), "backbone.embed.bias": normal(dim),
-        "backbone.norm.weight": normal(dim, scale=0.1, mean=1.0), "backbone.norm.bias": normal(dim, scale=0.1)}
+  sd = {
+    "backbone.embed.weight": normal(dim, n_mels, 7, scale=0.05),
+    "backbone.embed.bias": normal(dim),
+    "backbone.norm.weight": normal(dim, scale=0.1, mean=1.0),
+    "backbone.norm.bias": normal(dim, scale=0.1),
+  }
   for i in range(num_layers):
     p = f"backbone.convnext.{i}."
-    sd.update({p + "dwconv.weight": normal(dim, 1, 7, scale=0.3), p + "dwconv.bias": normal(dim),
-               p + "norm.weight": normal(dim, scale=0.1, mean=1.0), p + "norm.bias": normal(dim, scale=0.1),
-               p + "pwconv1.weight": normal(intermediate_dim, dim, scale=0.05),
-               p + "pwconv1.bias": normal(intermediate_dim),
-               p + "pwconv2.weight": normal(dim, intermediate_dim, scale=0.05), p + "pwconv2.bias": normal(dim),
-               p + "gamma": normal(dim, scale=0.1, mean=0.5)})
-  sd.update({"backbone.final_layer_norm.weight": normal(dim, scale=0.1, mean=1.0),
-             "backbone.final_layer_norm.bias": normal(dim, scale=0.1),
-             "head.out.weight": normal(1026, dim, scale=0.03), "head.out.bias": normal(1026, scale=0.3)})
+    sd.update(
+      {
+        p + "dwconv.weight": normal(dim, 1, 7, scale=0.3),
+        p + "dwconv.bias": normal(dim),
+        p + "norm.weight": normal(dim, scale=0.1, mean=1.0),
+        p + "norm.bias": normal(dim, scale=0.1),
+        p + "pwconv1.weight": normal(intermediate_dim, dim, scale=0.05),
+        p + "pwconv1.bias": normal(intermediate_dim),
+        p + "pwconv2.weight": normal(dim, intermediate_dim, scale=0.05),
+        p + "pwconv2.bias": normal(dim),
+        p + "gamma": normal(dim, scale=0.1, mean=0.5),
+      }
+    )
+  sd.update(
+    {
+      "backbone.final_layer_norm.weight": normal(dim, scale=0.1, mean=1.0),
+      "backbone.final_layer_norm.bias": normal(dim, scale=0.1),
+      "head.out.weight": normal(1026, dim, scale=0.03),
+      "head.out.bias": normal(1026, scale=0.3),
+    }
+  )
   if buffers:
-    window = mel._hann(1024)
-    sd.update({"head.istft.window": window, "feature_extractor.mel_spec.spectrogram.window": window,
-               "feature_extractor.mel_spec.mel_scale.fb": mel.mel_filterbank()})
+    window = mel.hann_window(1024)
+    sd.update(
+      {
+        "head.istft.window": window,
+        "feature_extractor.mel_spec.spectrogram.window": window,
+        "feature_extractor.mel_spec.mel_scale.fb": mel.mel_filterbank(),
+      }
+    )
   return sd
 
 
@@ -158,8 +180,8 @@ def _reference_vocos(sd, log_mel):
   count = log_mel.shape[1]
   y, envelope = np.zeros((log_mel.shape[0], (count - 1) * 256 + 1024)), np.zeros((count - 1) * 256 + 1024)
   for t in range(count):  # torch.nn.functional.fold
-    y[:, t * 256:t * 256 + 1024] += frames[:, :, t] * window
-    envelope[t * 256:t * 256 + 1024] += window**2
+    y[:, t * 256 : t * 256 + 1024] += frames[:, :, t] * window
+    envelope[t * 256 : t * 256 + 1024] += window**2
   return y[:, 384:-384] / envelope[384:-384]
 
 
@@ -184,7 +206,8 @@ def test_vocos_matches_numpy_reference(vocos_files):
   params = nnx.state(model, nnx.Param)
   assert len(jax.tree.leaves(params)) == len(sd) - len(vocos.IGNORED_BUFFERS) == 80
   assert sum(x.size for x in jax.tree.leaves(params)) == sum(
-      v.size for k, v in sd.items() if k not in vocos.IGNORED_BUFFERS)
+    v.size for k, v in sd.items() if k not in vocos.IGNORED_BUFFERS
+  )
 
   log_mel = _test_mels()
   wav = np.asarray(model(jnp.asarray(log_mel)))
@@ -245,7 +268,7 @@ def test_window_plan_tiles_the_mel():
   for frames, window, context in [(333, 100, 29), (101, 100, 14), (4097, 4096, 194), (1000, 61, 30)]:
     plan = vocoder.window_plan(frames, window, context)
     assert [p[1] for p in plan] == [0] + [p[2] for p in plan[:-1]] and plan[-1][2] == frames
-    for i, (start, keep_start, keep_end) in enumerate(plan):
+    for start, keep_start, keep_end in plan:
       assert 0 <= start and start + window <= frames and keep_start < keep_end
       assert keep_start - start >= context or start == 0
       assert start + window - keep_end >= context or start + window == frames

@@ -29,7 +29,7 @@ _matmul = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
 
 
 def _window() -> np.ndarray:
-  return mel._hann(mel.WIN_LENGTH)
+  return mel.hann_window(mel.WIN_LENGTH)
 
 
 def stft(wav: jax.Array) -> jax.Array:
@@ -45,7 +45,7 @@ def stft(wav: jax.Array) -> jax.Array:
 def _envelope(frames: int, start: int, length: int) -> np.ndarray:
   """Overlap-added squared window over [start, start + length) of a `frames`-frame signal."""
   squared = np.broadcast_to(_window() ** 2, (frames, N_FFT))
-  envelope = np.asarray(_overlap_add(squared, xp=np))[start:start + length]
+  envelope = np.asarray(_overlap_add(squared, xp=np))[start : start + length]
   # Within the trims used here the envelope is 1.5 inside and >= 0.25 at the ends; the floor only
   # guards the division elsewhere (Vocos asserts the envelope > 1e-11).
   return np.maximum(envelope, 1e-11).astype(np.float32)
@@ -73,7 +73,7 @@ def istft(spec: jax.Array, *, start: int, length: int) -> jax.Array:
   uses start = (1024 - 256) / 2.
   """
   frames = jnp.fft.irfft(spec, n=N_FFT, axis=-1) * _window()
-  out = _overlap_add(frames)[..., start:start + length]
+  out = _overlap_add(frames)[..., start : start + length]
   return out / _envelope(spec.shape[-2], start, length)
 
 
@@ -122,8 +122,15 @@ def context_frames(num_iters: int = NUM_ITERS) -> int:
   return 3 * num_iters + 2
 
 
-def griffin_lim(log_mel: jax.Array, *, num_iters: int = NUM_ITERS, momentum: float = 0.99, seed: int = 0,
-                nnls_iters: int = 100, first_frame: int | jax.Array = 0) -> jax.Array:
+def griffin_lim(
+  log_mel: jax.Array,
+  *,
+  num_iters: int = NUM_ITERS,
+  momentum: float = 0.99,
+  seed: int = 0,
+  nnls_iters: int = 100,
+  first_frame: int | jax.Array = 0,
+) -> jax.Array:
   """log mel [T, 100] or [B, T, 100] -> float32 wav [T * 256] or [B, T * 256].
 
   Inside the loop the signal has the (T - 1) * 256 samples of a centred inverse (torch.istft's
@@ -136,15 +143,19 @@ def griffin_lim(log_mel: jax.Array, *, num_iters: int = NUM_ITERS, momentum: flo
   """
   log_mel = jnp.asarray(log_mel, jnp.float32)
   if log_mel.ndim not in (2, 3) or log_mel.shape[-1] != mel.N_MELS or log_mel.shape[-2] < 2:
-    raise ValueError(f"griffin_lim expects log mel [T >= 2, {mel.N_MELS}] or [B, T, {mel.N_MELS}], "
-                     f"got {tuple(log_mel.shape)}")
+    raise ValueError(
+      f"griffin_lim expects log mel [T >= 2, {mel.N_MELS}] or [B, T, {mel.N_MELS}], got {tuple(log_mel.shape)}"
+    )
   frames = log_mel.shape[-2]
   magnitude = mel_to_linear(log_mel, num_iters=nnls_iters)
   key = jax.random.PRNGKey(seed)
   lead = magnitude.shape[:-2]
   # One key per frame index: phase [T, *lead, 513], then frames back to axis -2.
-  phase = jax.vmap(lambda index: jax.random.uniform(jax.random.fold_in(key, index), (*lead, magnitude.shape[-1]),
-                                                    jnp.float32, 0.0, 2 * np.pi))(first_frame + jnp.arange(frames))
+  phase = jax.vmap(
+    lambda index: jax.random.uniform(
+      jax.random.fold_in(key, index), (*lead, magnitude.shape[-1]), jnp.float32, 0.0, 2 * np.pi
+    )
+  )(first_frame + jnp.arange(frames))
   angles = jnp.exp(1j * jnp.moveaxis(phase, 0, -2)).astype(jnp.complex64)
   inner = (frames - 1) * HOP
   # Perraudin's extrapolation in librosa's form: the new estimate minus momentum / (1 + momentum)

@@ -33,8 +33,13 @@ def _mel_to_hz(mel):
 
 
 @functools.lru_cache(maxsize=8)
-def mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS,
-                   f_min: float = 0.0, f_max: float | None = None) -> np.ndarray:
+def mel_filterbank(
+  sample_rate: int = SAMPLE_RATE,
+  n_fft: int = N_FFT,
+  n_mels: int = N_MELS,
+  f_min: float = 0.0,
+  f_max: float | None = None,
+) -> np.ndarray:
   """[n_fft // 2 + 1, n_mels] float32 triangular HTK-mel filters, peak 1 (no area normalisation)."""
   f_max = sample_rate / 2 if f_max is None else f_max
   freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
@@ -45,7 +50,7 @@ def mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: i
   return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
 
 
-def _hann(win_length: int) -> np.ndarray:
+def hann_window(win_length: int) -> np.ndarray:
   """Periodic Hann window (torch.hann_window's default)."""
   return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win_length) / win_length)).astype(np.float32)
 
@@ -58,14 +63,13 @@ def log_mel(wav, *, xp=np, sample_rate: int = SAMPLE_RATE):
   if wav.ndim != 1:
     raise ValueError(f"log_mel expects mono audio [N], got shape {tuple(wav.shape)}")
   if wav.shape[0] <= N_FFT // 2:
-    raise ValueError(f"audio of {wav.shape[0]} samples is too short for a centred STFT "
-                     f"(needs more than {N_FFT // 2})")
+    raise ValueError(f"audio of {wav.shape[0]} samples is too short for a centred STFT (needs more than {N_FFT // 2})")
   padded = xp.pad(wav, (N_FFT // 2, N_FFT // 2), mode="reflect")
   frames = num_frames(wav.shape[0])
   index = HOP_LENGTH * np.arange(frames)[:, None] + np.arange(N_FFT)[None, :]
   window = np.zeros(N_FFT, np.float32)
   offset = (N_FFT - WIN_LENGTH) // 2  # torch centres a shorter window inside n_fft
-  window[offset:offset + WIN_LENGTH] = _hann(WIN_LENGTH)
+  window[offset : offset + WIN_LENGTH] = hann_window(WIN_LENGTH)
   spectrum = xp.abs(xp.fft.rfft(padded[index] * window, axis=-1)).astype(xp.float32)
   mel = spectrum @ mel_filterbank()
   return xp.log(xp.maximum(mel, LOG_FLOOR)).astype(xp.float32)

@@ -61,19 +61,23 @@ class Vocoder:
   program per length); longer ones in windows of `window` frames (one program for all windows).
   """
 
-  def __init__(self, name: str, fn: Callable[[jax.Array, jax.Array], jax.Array], *, context: int,
-               window: int = WINDOW_FRAMES):
+  def __init__(
+    self, name: str, fn: Callable[[jax.Array, jax.Array], jax.Array], *, context: int, window: int = WINDOW_FRAMES
+  ):
     if window <= 2 * context:
-      raise ValueError(f"vocoder {name}: a window of {window} frames keeps nothing inside {context} context "
-                       f"frames each side; use more than {2 * context}")
+      raise ValueError(
+        f"vocoder {name}: a window of {window} frames keeps nothing inside {context} context "
+        f"frames each side; use more than {2 * context}"
+      )
     self.name, self.context, self.window = name, context, window
     self._fn = fn  # compiled once per shape
 
   def __call__(self, log_mel: np.ndarray) -> np.ndarray:
     log_mel = np.asarray(log_mel, np.float32)
     if log_mel.ndim not in (2, 3) or log_mel.shape[-1] != mel.N_MELS:
-      raise ValueError(f"vocoder {self.name} expects log mel [T, {mel.N_MELS}] or [B, T, {mel.N_MELS}], "
-                       f"got {log_mel.shape}")
+      raise ValueError(
+        f"vocoder {self.name} expects log mel [T, {mel.N_MELS}] or [B, T, {mel.N_MELS}], got {log_mel.shape}"
+      )
     batch = log_mel if log_mel.ndim == 3 else log_mel[None]
     if batch.shape[1] <= self.window:
       wav = np.asarray(self._fn(batch, np.int32(0)), np.float32)
@@ -88,10 +92,17 @@ class Vocoder:
     wav = np.empty((log_mel.shape[0], frames * hop), np.float32)
     t0 = time.perf_counter()
     for i, (start, keep_start, keep_end) in enumerate(plan):
-      piece = np.asarray(self._fn(log_mel[:, start:start + self.window], np.int32(start)), np.float32)
-      wav[:, keep_start * hop:keep_end * hop] = piece[:, (keep_start - start) * hop:(keep_end - start) * hop]
-      logging.info("vocoding window %d of %d: frames %d-%d of %d, %.1f s so far", i + 1, len(plan), keep_start,
-                   keep_end, frames, time.perf_counter() - t0)
+      piece = np.asarray(self._fn(log_mel[:, start : start + self.window], np.int32(start)), np.float32)
+      wav[:, keep_start * hop : keep_end * hop] = piece[:, (keep_start - start) * hop : (keep_end - start) * hop]
+      logging.info(
+        "vocoding window %d of %d: frames %d-%d of %d, %.1f s so far",
+        i + 1,
+        len(plan),
+        keep_start,
+        keep_end,
+        frames,
+        time.perf_counter() - t0,
+      )
     return wav
 
   def __repr__(self) -> str:
@@ -105,8 +116,9 @@ def load_vocoder(spec: str = GRIFFIN_LIM, *, window: int = WINDOW_FRAMES, **kw) 
   spec = os.fspath(spec)
   if spec == GRIFFIN_LIM:
     run = jax.jit(lambda log_mel, first_frame: griffin_lim.griffin_lim(log_mel, first_frame=first_frame, **kw))
-    return Vocoder(GRIFFIN_LIM, run, context=griffin_lim.context_frames(kw.get("num_iters", griffin_lim.NUM_ITERS)),
-                   window=window)
+    return Vocoder(
+      GRIFFIN_LIM, run, context=griffin_lim.context_frames(kw.get("num_iters", griffin_lim.NUM_ITERS)), window=window
+    )
   if os.path.isfile(spec):
     model = Vocos.from_checkpoint(spec, **kw)
     graphdef, state = nnx.split(model)
@@ -115,6 +127,8 @@ def load_vocoder(spec: str = GRIFFIN_LIM, *, window: int = WINDOW_FRAMES, **kw) 
     # first_frame does not enter.
     run = jax.jit(lambda state, log_mel, first_frame: nnx.merge(graphdef, state)(log_mel))
     return Vocoder(f"vocos:{spec}", functools.partial(run, state), context=model.context_frames, window=window)
-  raise ValueError(f"unknown vocoder {spec!r}: expected {GRIFFIN_LIM!r} or the path of an existing Vocos "
-                   f"checkpoint file ({', '.join(torch_checkpoint.TORCH_SUFFIXES)}, "
-                   f"{torch_checkpoint.SAFETENSORS_SUFFIX})")
+  raise ValueError(
+    f"unknown vocoder {spec!r}: expected {GRIFFIN_LIM!r} or the path of an existing Vocos "
+    f"checkpoint file ({', '.join(torch_checkpoint.TORCH_SUFFIXES)}, "
+    f"{torch_checkpoint.SAFETENSORS_SUFFIX})"
+  )

@@ -25,9 +25,9 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 N_FFT, HOP = mel.N_FFT, mel.HOP_LENGTH
 
 # Buffers the PyTorch module saves alongside its parameters; the window and filterbank are fixed.
-IGNORED_BUFFERS = frozenset({
-    "head.istft.window", "feature_extractor.mel_spec.spectrogram.window",
-    "feature_extractor.mel_spec.mel_scale.fb"})
+IGNORED_BUFFERS = frozenset(
+  {"head.istft.window", "feature_extractor.mel_spec.spectrogram.window", "feature_extractor.mel_spec.mel_scale.fb"}
+)
 
 
 class VocoderCheckpointError(ValueError):
@@ -47,8 +47,7 @@ class ConvNeXtBlock(nnx.Module):
   """x [B, T, dim] -> x + gamma * pwconv2(gelu(pwconv1(norm(dwconv(x)))))."""
 
   def __init__(self, dim: int, intermediate_dim: int, layer_scale: float, *, rngs: nnx.Rngs):
-    self.dwconv = nnx.Conv(dim, dim, kernel_size=7, padding=3, feature_group_count=dim, precision=_HIGHEST,
-                           rngs=rngs)
+    self.dwconv = nnx.Conv(dim, dim, kernel_size=7, padding=3, feature_group_count=dim, precision=_HIGHEST, rngs=rngs)
     self.norm = _layer_norm(dim, rngs)
     self.pwconv1 = _linear(dim, intermediate_dim, rngs)
     self.pwconv2 = _linear(intermediate_dim, dim, rngs)
@@ -62,13 +61,15 @@ class ConvNeXtBlock(nnx.Module):
 class Vocos(nnx.Module):
   """log mel [B, T, 100] -> waveform [B, T * 256] (24 kHz). Defaults are vocos-mel-24khz's."""
 
-  def __init__(self, *, n_mels: int = mel.N_MELS, dim: int = 512, intermediate_dim: int = 1536,
-               num_layers: int = 8, rngs: nnx.Rngs):
+  def __init__(
+    self, *, n_mels: int = mel.N_MELS, dim: int = 512, intermediate_dim: int = 1536, num_layers: int = 8, rngs: nnx.Rngs
+  ):
     self.config = dict(n_mels=n_mels, dim=dim, intermediate_dim=intermediate_dim, num_layers=num_layers)
     self.embed = nnx.Conv(n_mels, dim, kernel_size=7, padding=3, precision=_HIGHEST, rngs=rngs)
     self.norm = _layer_norm(dim, rngs)
-    self.convnext = nnx.List([ConvNeXtBlock(dim, intermediate_dim, 1.0 / num_layers, rngs=rngs)
-                              for _ in range(num_layers)])
+    self.convnext = nnx.List(
+      [ConvNeXtBlock(dim, intermediate_dim, 1.0 / num_layers, rngs=rngs) for _ in range(num_layers)]
+    )
     self.final_layer_norm = _layer_norm(dim, rngs)
     self.out = _linear(dim, N_FFT + 2, rngs)  # the head: log-magnitude and phase of 513 bins
 
@@ -115,14 +116,16 @@ class Vocos(nnx.Module):
         problems.append(f"missing {name} {list(shape)}")
       elif tensors[name].shape != shape:
         problems.append(f"{name}: expected {list(shape)}, got {list(tensors[name].shape)}")
-    problems += [f"unexpected {name} {list(tensors[name].shape)}"
-                 for name in sorted(set(tensors) - set(expected) - IGNORED_BUFFERS)]
+    problems += [
+      f"unexpected {name} {list(tensors[name].shape)}"
+      for name in sorted(set(tensors) - set(expected) - IGNORED_BUFFERS)
+    ]
     if problems:
       raise VocoderCheckpointError(
-          f"{path} does not fit Vocos({', '.join(f'{k}={v}' for k, v in abstract.config.items())}):\n  "
-          + "\n  ".join(problems))
-    values = [(p, v.replace(jnp.asarray(np.transpose(tensors[torch_name(p)]).astype(np.float32))))
-              for p, v in flat]
+        f"{path} does not fit Vocos({', '.join(f'{k}={v}' for k, v in abstract.config.items())}):\n  "
+        + "\n  ".join(problems)
+      )
+    values = [(p, v.replace(jnp.asarray(np.transpose(tensors[torch_name(p)]).astype(np.float32)))) for p, v in flat]
     return nnx.merge(graphdef, nnx.from_flat_state(values))
 
 

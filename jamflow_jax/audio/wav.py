@@ -19,8 +19,7 @@ def load_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
 def write_wav(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> None:
   """Writes 16-bit PCM (values clipped to -1..1)."""
-  soundfile.write(os.fspath(path), np.clip(np.asarray(wav, np.float32), -1.0, 1.0), sample_rate,
-                  subtype="PCM_16")
+  soundfile.write(os.fspath(path), np.clip(np.asarray(wav, np.float32), -1.0, 1.0), sample_rate, subtype="PCM_16")
 
 
 def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

@@ -2,16 +2,18 @@
 
     python -m jamflow_jax.main --config=configs/base.py:demo --workdir=runs/demo --mode=eval
 
-For the first `eval.num_examples` utterances of the validation split, each task of `eval.tasks`:
+For the first `eval.num_examples` utterances of the validation split, each task of `eval.tasks`
+(`jamflow_jax.tasks`) over the whole utterance:
 
-  a2m  the recorded mel given, no transcript; motion generated. Scored against the recorded motion:
-       jaw_corr (Pearson correlation of jaw opening), jaw / lip (expression 0-4) / expression mean
-       absolute errors, lve / mve / fdd on the face model's vertices in the head's frame (global and
-       neck rotation at rest: head pose is not what the lips are scored on), and lip_sync.
-  tts  the transcript and the recorded length given; speech + motion generated: mel_l1 and mcd
-       against the recording, lip_sync of the generated pair.
-  m2a  the recorded motion and the transcript given; speech generated: mel_l1, mcd, and lip_sync of
-       the given motion against the generated speech.
+  a2m    the recorded mel given, no transcript; motion generated. Scored against the recorded motion:
+         jaw_corr (Pearson correlation of jaw opening), jaw / lip (expression 0-4) / expression mean
+         absolute errors, lve / mve / fdd on the face model's vertices in the head's frame (global
+         and neck rotation at rest: head pose is not what the lips are scored on), and lip_sync.
+  joint  the transcript and the recorded length given; speech + motion generated: mel_l1 and mcd
+         against the recording, lip_sync of the generated pair.
+  dub    the recorded motion and the transcript given; speech generated: mel_l1, mcd, and lip_sync
+         of the given motion against the generated speech.
+  tts    the transcript and the recorded length given; speech alone generated: mel_l1 and mcd.
 
 lip_sync is the correlation between mouth opening (jaw opening) and speech energy at the best
 offset within +-5 motion frames (`metrics.lip_sync`); speech energy is read from the log mel, so
@@ -25,8 +27,10 @@ speaking (a2m: generated motion with the recorded speech, vocoded) and a plot of
 channels against the speech energy.
 """
 
+import io
 import json
 import os
+import tempfile
 import time
 
 import jax
@@ -34,14 +38,17 @@ import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
+from PIL import Image
+from tensorboardX.proto.summary_pb2 import Summary
+from tqdm import tqdm
 
-from jamflow_jax import config as config_lib, paths, sharding
+from jamflow_jax import config as config_lib, paths, sharding, tasks
 from jamflow_jax.eval import metrics
-from jamflow_jax.generate import Clip, Pipeline
-from jamflow_jax.motion import flame, render
+from jamflow_jax.inference import Clip, Pipeline
+from jamflow_jax.motion import face as face_lib, flame, render
 from jamflow_jax.motion.spec import MotionSpec
+from jamflow_jax.motion.stats import MotionStats
 
-TASKS = ("a2m", "tts", "m2a")
 _JAW_OPENING = 0  # the jaw's axis-angle x component: rotation about the ear-to-ear axis opens the mouth
 
 
@@ -50,8 +57,7 @@ def speech_energy(mel: np.ndarray, num_frames: int, mel_fps: float, fps: float) 
   averaged over the mel frames of each 1/fps window), floored 60 dB below the loudest frame."""
   power = np.sum(np.exp(2.0 * mel.astype(np.float64)), axis=-1)
   edges = np.round(np.arange(num_frames + 1) * mel_fps / fps).astype(int).clip(0, len(power))
-  framed = np.array([power[a:max(b, a + 1)].mean() if a < len(power) else 0.0
-                     for a, b in zip(edges[:-1], edges[1:])])
+  framed = np.array([power[a : max(b, a + 1)].mean() if a < len(power) else 0.0 for a, b in zip(edges[:-1], edges[1:])])
   db = 10 * np.log10(np.maximum(framed, 1e-20))
   return np.maximum(db, db.max() - 60.0)
 
@@ -74,11 +80,14 @@ class Evaluator:
   def _motion_scores(self, pred: np.ndarray, truth: np.ndarray, mel: np.ndarray) -> dict:
     jaw = lambda m: self.spec.split(m)["jaw"][:, _JAW_OPENING]
     sync, offset = self._lip_sync(pred, mel)
-    scores = {"jaw_corr": float(metrics.correlation(jaw(pred), jaw(truth))),
-              "jaw_mae": metrics.jaw_error(pred, truth, self.spec),
-              "lip_mae": metrics.lip_error(pred, truth, self.spec),
-              "expr_mae": metrics.expression_error(pred, truth, spec=self.spec),
-              "lip_sync": float(sync), "sync_offset": int(offset)}
+    scores = {
+      "jaw_corr": float(metrics.correlation(jaw(pred), jaw(truth))),
+      "jaw_mae": metrics.jaw_error(pred, truth, self.spec),
+      "lip_mae": metrics.lip_error(pred, truth, self.spec),
+      "expr_mae": metrics.expression_error(pred, truth, spec=self.spec),
+      "lip_sync": float(sync),
+      "sync_offset": int(offset),
+    }
     if self.face is not None:
       vp, vt = (np.asarray(self._vertices(self.face, self._in_head_frame(m))) for m in (pred, truth))
       scores["mve"] = metrics.mve(vp, vt)
@@ -96,53 +105,58 @@ class Evaluator:
       motion[:, self.spec.slice(part)] = 0.0
     return motion
 
-  def _speech_scores(self, pred_mel: np.ndarray, truth_mel: np.ndarray, motion: np.ndarray) -> dict:
-    sync, offset = self._lip_sync(motion, pred_mel)
-    return {"mel_l1": metrics.mel_l1(pred_mel, truth_mel),
-            "mcd": metrics.mel_cepstral_distortion(pred_mel, truth_mel),
-            "lip_sync": float(sync), "sync_offset": int(offset)}
+  def _speech_scores(self, pred_mel: np.ndarray, truth_mel: np.ndarray, motion: np.ndarray | None) -> dict:
+    """mel_l1 and mcd against the recording; lip_sync of `pred_mel` with `motion` unless None."""
+    scores = {
+      "mel_l1": metrics.mel_l1(pred_mel, truth_mel),
+      "mcd": metrics.mel_cepstral_distortion(pred_mel, truth_mel),
+    }
+    if motion is not None:
+      sync, offset = self._lip_sync(motion, pred_mel)
+      scores.update(lip_sync=float(sync), sync_offset=int(offset))
+    return scores
 
   def _generate(self, task: str, record: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mel [Ta, 100], motion [Tm, D] un-normalised) of one task on one record."""
+    """(mel [Ta, 100], motion [Tm, D] un-normalised) of one task over the whole of one record."""
     mel = np.asarray(record["mel"], np.float32)
-    ta = mel.shape[0]
-    tm = self.pipe.motion_frames(ta)
-    truth = self.pipe.normalise(np.asarray(record["motion"], np.float32)[:tm])
-    zeros_m = np.zeros_like(truth)
-    clip = {
-        "a2m": Clip(text=None, mel=mel, audio_given=np.ones(ta, bool), motion=zeros_m,
-                    motion_given=np.zeros(tm, bool), motion_present=True),
-        "tts": Clip(text=record["text"], mel=np.zeros_like(mel), audio_given=np.zeros(ta, bool), motion=zeros_m,
-                    motion_given=np.zeros(tm, bool), motion_present=True),
-        "m2a": Clip(text=record["text"], mel=np.zeros_like(mel), audio_given=np.zeros(ta, bool), motion=truth,
-                    motion_given=np.ones(tm, bool), motion_present=True),
-    }[task]
+    tm = self.pipe.motion_frames(mel.shape[0])
+    truth = self.pipe.stats.normalise(np.asarray(record["motion"], np.float32)[:tm])
+    # The model sees the given frames only (the sampler masks the rest), so the record goes in whole.
+    clip = Clip.of(task, text=None if task == "a2m" else record["text"], mel=mel, motion=truth)
     out_mel, out_motion = self.pipe.run(clip, seed, self.pipe.sampler_options({}))
-    return out_mel, out_motion * self.pipe.motion_std + self.pipe.motion_mean
+    return out_mel, self.pipe.stats.denormalise(out_motion)
 
-  def evaluate(self, records: list[dict], tasks=TASKS, *, seed: int = 0, progress=None) -> dict:
+  def _scores(self, task: str, gen_mel, gen_motion, mel, truth) -> dict[str, dict]:
+    """{system: scores} of one task on one record: the model beside the truth (and the mean motion)."""
+    t = tasks.TASKS[tasks.index(task)]
+    if not t.audio_generated:  # a2m: the motion is what is scored
+      mean = np.broadcast_to(self.pipe.stats.mean, truth.shape)
+      return {
+        "model": self._motion_scores(gen_motion, truth, mel),
+        "mean": self._motion_scores(mean, truth, mel),
+        "truth": self._motion_scores(truth, truth, mel),
+      }
+    # Lip sync of the speech with the motion beside it: generated (joint), given (dub), none (tts).
+    beside = (gen_motion if t.motion_generated else truth) if t.motion_present else None
+    return {
+      "model": self._speech_scores(gen_mel, mel, beside),
+      "truth": self._speech_scores(mel, mel, truth if t.motion_present else None),
+    }
+
+  def evaluate(
+    self, records: list[dict], tasks_: tuple[str, ...] = ("a2m", "joint", "dub"), *, seed: int = 0, progress=None
+  ) -> dict:
     """{task: {system: {metric: value}}} over `records`, plus the generations of the first record."""
-    rows = {task: {} for task in tasks}
-    frames = {task: [] for task in tasks}
+    rows = {task: {} for task in tasks_}
+    frames = {task: [] for task in tasks_}
     first = {}
     for i, record in enumerate(records):
       mel = np.asarray(record["mel"], np.float32)
       tm = self.pipe.motion_frames(mel.shape[0])
       truth = np.asarray(record["motion"], np.float32)[:tm]
-      mean = np.broadcast_to(self.pipe.motion_mean, truth.shape)
-      for task in tasks:
+      for task in tasks_:
         gen_mel, gen_motion = self._generate(task, record, seed + i)
-        if task == "a2m":
-          systems = {"model": self._motion_scores(gen_motion, truth, mel),
-                     "mean": self._motion_scores(mean, truth, mel),
-                     "truth": self._motion_scores(truth, truth, mel)}
-        elif task == "tts":
-          systems = {"model": self._speech_scores(gen_mel, mel, gen_motion),
-                     "truth": self._speech_scores(mel, mel, truth)}
-        else:
-          systems = {"model": self._speech_scores(gen_mel, mel, truth),
-                     "truth": self._speech_scores(mel, mel, truth)}
-        for system, scores in systems.items():
+        for system, scores in self._scores(task, gen_mel, gen_motion, mel, truth).items():
           for name, value in scores.items():
             rows[task].setdefault(system, {}).setdefault(name, []).append(value)
         frames[task].append(tm)
@@ -153,9 +167,13 @@ class Evaluator:
     results = {}
     for task, systems in rows.items():
       weights = np.asarray(frames[task], np.float64)
-      results[task] = {system: {name: float(np.average(values, weights=weights if name in ("lve", "mve") else None))
-                                for name, values in scores.items()}
-                       for system, scores in systems.items()}
+      results[task] = {
+        system: {
+          name: float(np.average(values, weights=weights if name in ("lve", "mve") else None))
+          for name, values in scores.items()
+        }
+        for system, scores in systems.items()
+      }
     return {"results": results, "first": first}
 
 
@@ -170,19 +188,9 @@ def table(results: dict) -> str:
   return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines)
 
 
-def validation_records(config: ml_collections.ConfigDict, count: int) -> list[dict]:
-  """The first `count` records of the configured corpus's eval.split (validation)."""
-  from data_pipelines import pipeline
-  config = config.copy_and_resolve_references()
-  config.data.split = config.eval.split
-  source, _ = pipeline.open_source(config)
-  if len(source) == 0:
-    raise config_lib.ConfigError(f"the corpus at data.path={config.data.path!r} has no validation records")
-  return [source[i] for i in range(min(count, len(source)))]
-
-
-def render_sample(pipe: Pipeline, face: flame.FlameModel, mel: np.ndarray, motion: np.ndarray,
-                  out_stem: epath.Path) -> dict[str, str]:
+def render_sample(
+  pipe: Pipeline, face: flame.FlameModel, mel: np.ndarray, motion: np.ndarray, out_stem: epath.Path
+) -> dict[str, str]:
   """out_stem.mp4 (the face speaking `mel`, vocoded) and out_stem.png (motion vs energy); local or URL."""
   wav = np.asarray(pipe.vocoder(mel), np.float32)
   rate, fps = pipe.config.data.sample_rate, pipe.spec.fps
@@ -194,32 +202,35 @@ def render_sample(pipe: Pipeline, face: flame.FlameModel, mel: np.ndarray, motio
   return {k: os.fspath(v) for k, v in out.items()}
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None) -> dict:
-  """--mode=eval: evaluates DIR's checkpoint (EMA weights) and writes DIR/eval/step_<N>.{json,txt,mp4,png}.
+def run(config: ml_collections.ConfigDict, workdir: str, records: list[dict], *, step: int | None = None) -> dict:
+  """--mode=eval: evaluates DIR's checkpoint (EMA weights) on `records` (validation records of the
+  shard schema, `data_pipelines.sources.validation_records`) and writes DIR/eval/step_<N>.{json,txt,mp4,png}.
 
   Under several processes each one evaluates on its first local device (no process waits on
   another) and process 0 writes.
   """
-  from tqdm import tqdm
-  unknown = set(config.eval.tasks) - set(TASKS)
-  if unknown:
-    raise config_lib.ConfigError(f"eval.tasks {tuple(config.eval.tasks)}: choose from {', '.join(TASKS)}")
   pipe = Pipeline.from_workdir(workdir, config, step=step)
   step = pipe.step
-  records = validation_records(config, config.eval.num_examples)
-  face = flame.load_configured_face(config)
+  face = face_lib.load_configured_face(config)
   writes = jax.process_index() == 0
   if not writes:
     logging.info("process %d evaluates alongside process 0, which writes the report", jax.process_index())
   t0 = time.perf_counter()
   with tqdm(total=len(records), desc="eval", unit="utt", disable=not writes) as bar:
-    out = Evaluator(pipe, face).evaluate(records, tuple(config.eval.tasks), seed=config.eval.seed,
-                                         progress=lambda n: bar.update(n - bar.n))
+    out = Evaluator(pipe, face).evaluate(
+      records, tuple(config.eval.tasks), seed=config.eval.seed, progress=lambda n: bar.update(n - bar.n)
+    )
   results = out["results"]
   stem = paths.workdir_path(workdir) / "eval" / f"step_{step}"
-  report = {"step": step, "checkpoint": pipe.checkpoint, "num_examples": len(records),
-            "face_model": config.render.face_model or "stand-in", "sampler": dict(config.sample),
-            "wall_s": round(time.perf_counter() - t0, 1), "results": results}
+  report = {
+    "step": step,
+    "checkpoint": pipe.checkpoint,
+    "num_examples": len(records),
+    "face_model": config.render.face_model or "stand-in",
+    "sampler": dict(config.sample),
+    "wall_s": round(time.perf_counter() - t0, 1),
+    "results": results,
+  }
   if not writes:
     return report
   stem.parent.mkdir(parents=True, exist_ok=True)
@@ -227,10 +238,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = N
   text = table(results)
   stem.with_name(stem.name + ".txt").write_text(text + "\n")
   if config.eval.render and "a2m" in out["first"]:
-    render_sample(pipe, face, np.asarray(records[0]["mel"], np.float32), out["first"]["a2m"][1],
-                  stem.with_name(stem.name + "_a2m"))
-  logging.info("evaluated step %d on %d validation utterances in %.0f s -> %s.{json,txt}", step, len(records),
-               report["wall_s"], stem)
+    render_sample(
+      pipe, face, np.asarray(records[0]["mel"], np.float32), out["first"]["a2m"][1], stem.with_name(stem.name + "_a2m")
+    )
+  logging.info(
+    "evaluated step %d on %d validation utterances in %.0f s -> %s.{json,txt}",
+    step,
+    len(records),
+    report["wall_s"],
+    stem,
+  )
   print(text)
   return report
 
@@ -245,26 +262,28 @@ class TrainingEvaluator:
   on its first local device (the same computation, so none waits on another), and process 0 writes.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, motion: dict | None):
-    self.config = config
-    self.records = validation_records(config, config.eval.train_examples)
-    self.face = flame.load_configured_face(config)
-    self.motion = motion
+  def __init__(self, config: ml_collections.ConfigDict, records: list[dict], motion: dict | None):
+    """records: the validation records to score; motion: the corpus' motion description (its statistics)."""
+    self.config, self.records = config, records
+    self.face = face_lib.load_configured_face(config)
+    self.stats = None if motion is None else MotionStats.from_json(motion, config.model.motion_dim)
     self.pipe = None
 
   def __call__(self, params, step: int, writer) -> dict:
     """Scores the weights `params` (arrays on the training mesh); `writer` None: nothing written."""
     params = sharding.to_host(params)
     if self.pipe is None:
-      stats = self.motion or {}
-      self.pipe = Pipeline(self.config, params, motion_mean=stats.get("mean"), motion_std=stats.get("std"),
-                           checkpoint="training (EMA)")
-    self.pipe.sampler.params = params
+      self.pipe = Pipeline(self.config, params, stats=self.stats, checkpoint="training (EMA)")
+    self.pipe.use_params(params)
     t0 = time.perf_counter()
-    out = Evaluator(self.pipe, self.face).evaluate(self.records, tuple(self.config.eval.tasks),
-                                                   seed=self.config.eval.seed)
-    scalars = {f"eval/{task}/{name}": value for task, systems in out["results"].items()
-               for name, value in systems["model"].items()}
+    out = Evaluator(self.pipe, self.face).evaluate(
+      self.records, tuple(self.config.eval.tasks), seed=self.config.eval.seed
+    )
+    scalars = {
+      f"eval/{task}/{name}": value
+      for task, systems in out["results"].items()
+      for name, value in systems["model"].items()
+    }
     if writer is None:
       return out["results"]
     for name, value in scalars.items():
@@ -272,33 +291,41 @@ class TrainingEvaluator:
     if self.config.eval.render and "a2m" in out["first"]:
       self._write_sample(writer, step, np.asarray(self.records[0]["mel"], np.float32), out["first"]["a2m"][1])
     writer.flush()
-    logging.info("step %d: evaluated %d validation utterances in %.1f s:\n%s", step, len(self.records),
-                 time.perf_counter() - t0, table(out["results"]))
+    logging.info(
+      "step %d: evaluated %d validation utterances in %.1f s:\n%s",
+      step,
+      len(self.records),
+      time.perf_counter() - t0,
+      table(out["results"]),
+    )
     return out["results"]
 
   def _write_sample(self, writer, step: int, mel: np.ndarray, motion: np.ndarray) -> None:
-    import tempfile
-
-    from PIL import Image
-    from tensorboardX.proto.summary_pb2 import Summary
     rate = self.config.data.sample_rate
     wav = np.asarray(self.pipe.vocoder(mel), np.float32)
     frames = render.face_frames(self.face, motion, size=192)
     gif = _gif(frames, self.pipe.spec.fps)
-    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="eval/a2m/video", image=Summary.Image(
-        height=frames.shape[1], width=frames.shape[2], colorspace=3, encoded_image_string=gif))]), step)
+    writer.file_writer.add_summary(
+      Summary(
+        value=[
+          Summary.Value(
+            tag="eval/a2m/video",
+            image=Summary.Image(height=frames.shape[1], width=frames.shape[2], colorspace=3, encoded_image_string=gif),
+          )
+        ]
+      ),
+      step,
+    )
     writer.add_audio("eval/a2m/audio", np.clip(wav, -1, 1), step, sample_rate=rate)
     with tempfile.TemporaryDirectory() as tmp:
       render.plot_motion(os.path.join(tmp, "plot.png"), motion, wav=wav, sample_rate=rate, fps=self.pipe.spec.fps)
-      writer.add_image("eval/a2m/plot", np.asarray(Image.open(os.path.join(tmp, "plot.png")).convert("RGB")), step,
-                       dataformats="HWC")
+      writer.add_image(
+        "eval/a2m/plot", np.asarray(Image.open(os.path.join(tmp, "plot.png")).convert("RGB")), step, dataformats="HWC"
+      )
 
 
 def _gif(frames: np.ndarray, fps: float) -> bytes:
   """uint8 [T, H, W, 3] -> animated GIF bytes (TensorBoard's video format)."""
-  import io
-
-  from PIL import Image
   buffer = io.BytesIO()
   images = [Image.fromarray(f) for f in frames]
   images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)

@@ -17,19 +17,23 @@ import math
 import numpy as np
 import scipy.fft
 
+from jamflow_jax.audio.loudness import frame_rms
 from jamflow_jax.motion.spec import EXPRESSION_COMPONENTS, MOTION_SPEC, MotionSpec
 
 # Expression components that shape the lips (indices 0-4 of the built-in corpus's layout).
-LIP_COMPONENTS = tuple(EXPRESSION_COMPONENTS[name] for name in (
-    "lip_closure", "lip_rounding", "lip_spreading", "labiodental", "tongue_tip"))
+LIP_COMPONENTS = tuple(
+  EXPRESSION_COMPONENTS[name] for name in ("lip_closure", "lip_rounding", "lip_spreading", "labiodental", "tongue_tip")
+)
 
 
 def _pair(pred, truth, *, ndim: int, what: str) -> tuple[np.ndarray, np.ndarray]:
   """Both as float64 arrays of one shape with `ndim` dimensions, or a ValueError naming the shapes."""
   pred, truth = np.asarray(pred, np.float64), np.asarray(truth, np.float64)
   if pred.shape != truth.shape or pred.ndim != ndim:
-    raise ValueError(f"{what}: prediction and truth must have one shape with {ndim} dims; "
-                     f"got prediction {pred.shape} and truth {truth.shape}")
+    raise ValueError(
+      f"{what}: prediction and truth must have one shape with {ndim} dims; "
+      f"got prediction {pred.shape} and truth {truth.shape}"
+    )
   if pred.shape[0] == 0:
     raise ValueError(f"{what}: no frames (shape {pred.shape})")
   return pred, truth
@@ -45,11 +49,13 @@ def _vertex_pair(pred, truth, what: str) -> tuple[np.ndarray, np.ndarray]:
 def _region(indices, num_vertices: int, what: str) -> np.ndarray:
   indices = np.asarray(indices)
   if indices.ndim != 1 or indices.size == 0 or not np.issubdtype(indices.dtype, np.integer):
-    raise ValueError(f"{what}: vertex indices must be a non-empty integer array [K], got {indices.dtype} "
-                     f"{indices.shape}")
+    raise ValueError(
+      f"{what}: vertex indices must be a non-empty integer array [K], got {indices.dtype} {indices.shape}"
+    )
   if indices.min() < -num_vertices or indices.max() >= num_vertices:
-    raise ValueError(f"{what}: vertex indices {indices.min()}..{indices.max()} outside a mesh of "
-                     f"{num_vertices} vertices")
+    raise ValueError(
+      f"{what}: vertex indices {indices.min()}..{indices.max()} outside a mesh of {num_vertices} vertices"
+    )
   return indices
 
 
@@ -160,29 +166,9 @@ def correlation(a, b):
   return float(r) if r.ndim == 0 else r
 
 
-def frame_rms(wav, sample_rate: int, *, fps: float = 25.0, num_frames: int | None = None) -> np.ndarray:
-  """RMS energy of audio per motion frame: wav [N] -> [T] float64 (linear amplitude).
-
-  Frame j is the instant j / fps (as motion frame j, and as the centred mel frames); its value is
-  sqrt(mean(wav^2)) over a window of one frame period (sample_rate / fps samples) centred there,
-  samples beyond the clip counting as silence. T = num_frames, or ceil(N * fps / sample_rate).
-  """
-  wav = np.asarray(wav, np.float64)
-  if wav.ndim != 1:
-    raise ValueError(f"wav must be mono audio [N], got shape {wav.shape}")
-  if num_frames is None:
-    num_frames = math.ceil(wav.size * fps / sample_rate)
-  period = sample_rate / fps
-  centres = np.arange(num_frames) * period
-  starts = np.round(centres - period / 2).astype(np.int64)
-  ends = np.round(centres + period / 2).astype(np.int64)
-  energy = np.concatenate([[0.0], np.cumsum(wav * wav)])
-  total = energy[np.clip(ends, 0, wav.size)] - energy[np.clip(starts, 0, wav.size)]
-  return np.sqrt(np.maximum(total, 0.0) / (ends - starts))
-
-
-def log_frame_energy(wav, sample_rate: int, *, fps: float = 25.0, num_frames: int | None = None,
-                     floor_db: float = -60.0) -> np.ndarray:
+def log_frame_energy(
+  wav, sample_rate: int, *, fps: float = 25.0, num_frames: int | None = None, floor_db: float = -60.0
+) -> np.ndarray:
   """log RMS per motion frame ([N] -> [T]), floored `floor_db` below the clip's loudest frame.
 
   The floor keeps digital silence finite and stops the noise level in pauses from deciding the
@@ -193,8 +179,9 @@ def log_frame_energy(wav, sample_rate: int, *, fps: float = 25.0, num_frames: in
   return np.log(np.maximum(rms, floor))
 
 
-def lip_sync(mouth_opening, audio_energy=None, *, wav=None, sample_rate: int = 24000, fps: float = 25.0,
-             max_offset: int = 5) -> tuple[float, int]:
+def lip_sync(
+  mouth_opening, audio_energy=None, *, wav=None, sample_rate: int = 24000, fps: float = 25.0, max_offset: int = 5
+) -> tuple[float, int]:
   """Best Pearson correlation of mouth opening and speech energy over time offsets.
 
   mouth_opening [T] (e.g. the jaw axis-angle x, or the lip gap of the mesh); the energy is either
@@ -222,13 +209,15 @@ def lip_sync(mouth_opening, audio_energy=None, *, wav=None, sample_rate: int = 2
   else:
     energy = np.asarray(audio_energy, np.float64)
     if energy.shape != mouth.shape:
-      raise ValueError(f"lip_sync: audio_energy must match mouth_opening; got audio_energy {energy.shape} "
-                       f"and mouth_opening {mouth.shape}")
+      raise ValueError(
+        f"lip_sync: audio_energy must match mouth_opening; got audio_energy {energy.shape} "
+        f"and mouth_opening {mouth.shape}"
+      )
   if max_offset < 0 or mouth.size - max_offset < 2:
     raise ValueError(f"lip_sync: max_offset {max_offset} needs T >= max_offset + 2 frames, got T = {mouth.size}")
   best = (-math.inf, 0)
   for d in sorted(range(-max_offset, max_offset + 1), key=abs):  # smallest |d| first wins ties
-    r = correlation(mouth[d:], energy[:mouth.size - d]) if d >= 0 else correlation(mouth[:d], energy[-d:])
+    r = correlation(mouth[d:], energy[: mouth.size - d]) if d >= 0 else correlation(mouth[:d], energy[-d:])
     if r > best[0]:
       best = (r, d)
   return best
@@ -271,7 +260,6 @@ def mel_cepstral_distortion(mel_a, mel_b, num_coefficients: int = 13) -> float:
   """
   a, b = _mel_pair(mel_a, mel_b, "mel_cepstral_distortion")
   if not 2 <= num_coefficients <= a.shape[1]:
-    raise ValueError(f"mel_cepstral_distortion: num_coefficients must be in 2..{a.shape[1]}, "
-                     f"got {num_coefficients}")
+    raise ValueError(f"mel_cepstral_distortion: num_coefficients must be in 2..{a.shape[1]}, got {num_coefficients}")
   diff = scipy.fft.dct(a - b, type=2, norm="ortho", axis=-1)[:, 1:num_coefficients]  # the DCT is linear
   return float(np.mean(10.0 / np.log(10.0) * np.sqrt(2.0 * np.sum(diff * diff, axis=-1))))

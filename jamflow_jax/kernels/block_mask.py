@@ -40,7 +40,7 @@ def block_summaries(codes: jax.Array, time: jax.Array, block: int):
 
 def allowed_blocks(q_summary, kv_summary, window: float) -> jax.Array:
   """bool [B, nq, nk]: key block j may hold a key that some query of block i may attend."""
-  q_present, q_min, q_max = (x[:, :, None, :, None] for x in q_summary)   # [B, nq, 1, Mq, 1]
+  q_present, q_min, q_max = (x[:, :, None, :, None] for x in q_summary)  # [B, nq, 1, Mq, 1]
   k_present, k_min, k_max = (x[:, None, :, None, :] for x in kv_summary)  # [B, 1, nk, 1, Mk]
   gap = jnp.maximum(jnp.maximum(k_min - q_max, q_min - k_max), 0.0)
   same = jnp.eye(NUM_MODALITIES, dtype=bool)

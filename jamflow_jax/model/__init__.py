@@ -4,8 +4,8 @@ import jax
 import ml_collections
 from flax import nnx
 
-from jamflow_jax.model.jamflow import FlowInputs, JamFlow
 from jamflow_jax import sharding
+from jamflow_jax.model.jamflow import FlowInputs, JamFlow
 
 
 def create(config: ml_collections.ConfigDict, seed: int = 0) -> JamFlow:
@@ -19,8 +19,10 @@ def abstract_model(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     graphdef, params = nnx.split(nnx.eval_shape(lambda: create(config)), nnx.Param)
     specs = nnx.get_partition_spec(params)
   return graphdef, jax.tree.map(
-      lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=jax.sharding.NamedSharding(mesh, s)),
-      nnx.to_pure_dict(params), nnx.to_pure_dict(specs))
+    lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=jax.sharding.NamedSharding(mesh, s)),
+    nnx.to_pure_dict(params),
+    nnx.to_pure_dict(specs),
+  )
 
 
 def abstract_params(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):

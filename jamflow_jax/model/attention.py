@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jamflow_jax import sharding
-from jamflow_jax.config import ATTENTION_IMPLS, ConfigError
+from jamflow_jax import config as config_lib, sharding
+from jamflow_jax.axes import ACT_HEADS, BATCH, LENGTH
+from jamflow_jax.choices import ATTENTION_IMPLS
 from jamflow_jax.kernels import joint_attention as kernel
 
 AUDIO, MOTION = 0, 1  # modality ids carried by every token
@@ -51,7 +52,7 @@ def _xla_attention(q, k, v, mask):
 
 
 def _cudnn_attention(q, k, v, mask):
-  has_key = mask.any(axis=-1)                               # [B, Lq]
+  has_key = mask.any(axis=-1)  # [B, Lq]
   # Keyless rows attend everything and are zeroed after: no NaN from an empty softmax, and the zero
   # output cotangent of those rows gives them zero gradient.
   mask = mask | ~has_key[:, :, None]
@@ -59,24 +60,14 @@ def _cudnn_attention(q, k, v, mask):
   return jnp.where(has_key[:, :, None, None], out, 0).astype(v.dtype)
 
 
-def _shard_spec(names, shape, mesh) -> jax.sharding.PartitionSpec:
-  """The logical names' spec under the current rules, minus mesh axes that do not divide `shape`."""
-  spec = []
-  for dim, axes in zip(shape, sharding.logical_to_spec(names)):
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    size = math.prod(mesh.shape[a] for a in axes)
-    spec.append(axes if axes and dim % size == 0 else None)
-  return jax.sharding.PartitionSpec(*spec)
-
-
 def _per_shard(fn, q, k, v, *tokens):
   """Runs `fn` on each device's batch and heads (Pallas calls do not partition themselves)."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return fn(q, k, v, *tokens)
-  heads = ("batch", "length", "act_heads", None)
-  specs = [_shard_spec(heads, x.shape, mesh) for x in (q, k, v)]
-  specs += [_shard_spec(("batch", "length"), x.shape, mesh) for x in tokens]
+  heads = (BATCH, LENGTH, ACT_HEADS, None)
+  specs = [sharding.divisible_spec(heads, x.shape, mesh) for x in (q, k, v)]
+  specs += [sharding.divisible_spec((BATCH, LENGTH), x.shape, mesh) for x in tokens]
   # q and k/v may shard differently only if their batch/heads sizes differ; they never do here.
   return jax.shard_map(fn, in_specs=tuple(specs), out_specs=specs[0], check_vma=False)(q, k, v, *tokens)
 
@@ -84,15 +75,15 @@ def _per_shard(fn, q, k, v, *tokens):
 @dataclasses.dataclass(frozen=True)
 class AttentionOptions:
   """How joint attention is computed (not what it computes): `model.attention_*`."""
+
   impl: str = "xla"
-  backend: str = "auto"   # pallas lowering: auto | triton | mosaic_tpu | interpret
-  block_q: int = 0        # pallas block sizes, 0 = the backend's default
+  backend: str = "auto"  # pallas lowering: auto | triton | mosaic_tpu | interpret
+  block_q: int = 0  # pallas block sizes, 0 = the backend's default
   block_k: int = 0
 
   @classmethod
   def from_config(cls, model: ml_collections.ConfigDict) -> "AttentionOptions":
-    return cls(model.attention_impl, model.attention_backend, model.attention_block_q,
-               model.attention_block_k)
+    return cls(model.attention_impl, model.attention_backend, model.attention_block_q, model.attention_block_k)
 
 
 def for_platform(config: ml_collections.ConfigDict, platform: str) -> ml_collections.ConfigDict:
@@ -100,23 +91,29 @@ def for_platform(config: ml_collections.ConfigDict, platform: str) -> ml_collect
 
   Raises ConfigError where the attention settings cannot run there.
   """
-  m = config.model
-  if m.attention_impl == "cudnn" and (platform != "gpu" or m.dtype != "bfloat16"):
-    raise ConfigError(f"model.attention_impl='cudnn' needs GPUs and model.dtype='bfloat16' (devices: "
-                      f"{platform}, model.dtype={m.dtype!r}); use pallas or xla")
-  backend = kernel.resolve_backend(m.attention_backend, platform)
-  needs = {"triton": "gpu", "mosaic_tpu": "tpu"}.get(backend)
-  if m.attention_impl == "pallas" and needs and needs != platform:
-    raise ConfigError(f"model.attention_backend={m.attention_backend!r} lowers for {needs}, but the devices "
-                      f"are {platform}; use auto")
+  config_lib.check_platform(config, platform)
   config = config.copy_and_resolve_references()
-  config.model.attention_backend = backend
+  config.model.attention_backend = kernel.resolve_backend(config.model.attention_backend, platform)
   return config
 
 
-def joint_attention(q, k, v, *, q_mod, kv_mod, q_time, kv_time, q_valid, kv_valid,
-                    window: float, impl: str = "xla", backend: str = "auto", block_q: int = 0,
-                    block_k: int = 0) -> jax.Array:
+def joint_attention(
+  q,
+  k,
+  v,
+  *,
+  q_mod,
+  kv_mod,
+  q_time,
+  kv_time,
+  q_valid,
+  kv_valid,
+  window: float,
+  impl: str = "xla",
+  backend: str = "auto",
+  block_q: int = 0,
+  block_k: int = 0,
+) -> jax.Array:
   """Attention under the local joint mask.
 
   Args:
@@ -134,9 +131,23 @@ def joint_attention(q, k, v, *, q_mod, kv_mod, q_time, kv_time, q_valid, kv_vali
     mask = joint_mask(q_mod, kv_mod, q_time, kv_time, q_valid, kv_valid, window)
     return (_xla_attention if impl == "xla" else _cudnn_attention)(q, k, v, mask)
   if impl == "pallas":
+
     def flash(q, k, v, q_mod, kv_mod, q_time, kv_time, q_valid, kv_valid):
-      return kernel.flash_joint_attention(q, k, v, q_mod=q_mod, kv_mod=kv_mod, q_time=q_time,
-                                          kv_time=kv_time, q_valid=q_valid, kv_valid=kv_valid,
-                                          window=window, block_q=block_q, block_k=block_k, backend=backend)
+      return kernel.flash_joint_attention(
+        q,
+        k,
+        v,
+        q_mod=q_mod,
+        kv_mod=kv_mod,
+        q_time=q_time,
+        kv_time=kv_time,
+        q_valid=q_valid,
+        kv_valid=kv_valid,
+        window=window,
+        block_q=block_q,
+        block_k=block_k,
+        backend=backend,
+      )
+
     return _per_shard(flash, q, k, v, q_mod, kv_mod, q_time, kv_time, q_valid, kv_valid)
   raise ValueError(f"joint_attention impl={impl!r}; available: {', '.join(ATTENTION_IMPLS)}")

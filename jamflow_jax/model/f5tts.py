@@ -33,7 +33,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jamflow_jax.config import ConfigError
+from jamflow_jax import torch_checkpoint
+from jamflow_jax.errors import ConfigError
 from jamflow_jax.model import layer_stack
 
 _INV_FREQ = "rotary_embed.inv_freq"  # x_transformers' RoPE buffer: checked, not loaded
@@ -44,8 +45,8 @@ class F5ConversionError(ConfigError):
 
 
 class _Leaf(NamedTuple):
-  name: str                                         # the F5 tensor's last name part
-  f5_shape: Callable[[tuple], tuple]                # our shape -> the F5 shape it needs
+  name: str  # the F5 tensor's last name part
+  f5_shape: Callable[[tuple], tuple]  # our shape -> the F5 shape it needs
   to_ours: Callable[[np.ndarray, tuple], np.ndarray]  # (F5 array, our shape) -> our layout
 
 
@@ -60,23 +61,30 @@ def _same(name: str) -> _Leaf:
 
 _TRANSPOSED = lambda s: (s[1], s[0])
 _KINDS = {
-    "linear": {"kernel": _Leaf("weight", _TRANSPOSED, lambda w, s: w.T), "bias": _same("bias")},
-    "heads_in": {"kernel": _Leaf("weight", lambda s: (s[1] * s[2], s[0]), lambda w, s: w.T.reshape(s)),
-                 "bias": _Leaf("bias", lambda s: (s[0] * s[1],), lambda w, s: w.reshape(s))},
-    "heads_out": {"kernel": _Leaf("weight", lambda s: (s[2], s[0] * s[1]), lambda w, s: w.T.reshape(s)),
-                  "bias": _same("bias")},
-    "conv": {"kernel": _Leaf("weight", lambda s: s[::-1], lambda w, s: w.transpose(2, 1, 0)),
-             "bias": _same("bias")},
-    "norm": {"scale": _same("weight"), "bias": _same("bias")},
-    "embed": {"embedding": _same("weight")},
-    "grn": {p: _Leaf(p, lambda s: (1, 1, *s), lambda w, s: w.reshape(s)) for p in ("gamma", "beta")},
-    # F5's AdaLayerNorm_Final chunks its output (scale, shift); our StreamHead reads (shift, scale).
-    "scale_shift": {"kernel": _Leaf("weight", _TRANSPOSED, lambda w, s: _swap_halves(w).T),
-                    "bias": _Leaf("bias", lambda s: s, lambda w, s: _swap_halves(w))},
+  "linear": {"kernel": _Leaf("weight", _TRANSPOSED, lambda w, s: w.T), "bias": _same("bias")},
+  "heads_in": {
+    "kernel": _Leaf("weight", lambda s: (s[1] * s[2], s[0]), lambda w, s: w.T.reshape(s)),
+    "bias": _Leaf("bias", lambda s: (s[0] * s[1],), lambda w, s: w.reshape(s)),
+  },
+  "heads_out": {
+    "kernel": _Leaf("weight", lambda s: (s[2], s[0] * s[1]), lambda w, s: w.T.reshape(s)),
+    "bias": _same("bias"),
+  },
+  "conv": {"kernel": _Leaf("weight", lambda s: s[::-1], lambda w, s: w.transpose(2, 1, 0)), "bias": _same("bias")},
+  "norm": {"scale": _same("weight"), "bias": _same("bias")},
+  "embed": {"embedding": _same("weight")},
+  "grn": {p: _Leaf(p, lambda s: (1, 1, *s), lambda w, s: w.reshape(s)) for p in ("gamma", "beta")},
+  # F5's AdaLayerNorm_Final chunks its output (scale, shift); our StreamHead reads (shift, scale).
+  "scale_shift": {
+    "kernel": _Leaf("weight", _TRANSPOSED, lambda w, s: _swap_halves(w).T),
+    "bias": _Leaf("bias", lambda s: s, lambda w, s: _swap_halves(w)),
+  },
 }
 
 # Our module path ("/"-joined) -> the F5 module ({} filled with the groups), and its kind.
-_MODULES = tuple((re.compile(ours), f5, kind) for ours, f5, kind in (
+_MODULES = tuple(
+  (re.compile(ours), f5, kind)
+  for ours, f5, kind in (
     (r"audio_time/fc1", "time_embed.time_mlp.0", "linear"),
     (r"audio_time/fc2", "time_embed.time_mlp.2", "linear"),
     (r"text/embed", "text_embed.text_embed", "embed"),
@@ -95,13 +103,17 @@ _MODULES = tuple((re.compile(ours), f5, kind) for ours, f5, kind in (
     (r"layers/(\d+)/audio/ff/down", "transformer_blocks.{}.ff.ff.2", "linear"),
     (r"audio_head/modulation/proj", "norm_out.linear", "scale_shift"),
     (r"audio_head/proj", "proj_out", "linear"),
-))
+  )
+)
 
 
 def is_audio_stream(path: tuple) -> bool:
   """Whether a parameter path (either layer layout) belongs to the audio stream (the part F5-TTS initialises)."""
-  return path[0] in ("text", "audio_in", "audio_pos", "audio_time", "audio_head") or (
-      path[0] == layer_stack.UNROLLED and path[2] == "audio") or (path[0] == layer_stack.STACKED and path[3] == "audio")
+  return (
+    path[0] in ("text", "audio_in", "audio_pos", "audio_time", "audio_head")
+    or (path[0] == layer_stack.UNROLLED and path[2] == "audio")
+    or (path[0] == layer_stack.STACKED and path[3] == "audio")
+  )
 
 
 def _leaves(tree, path=()):
@@ -162,15 +174,20 @@ def convert(state_dict: dict[str, np.ndarray], abstract_params, config: ml_colle
     inv_freq = np.asarray(state_dict[_INV_FREQ], np.float32)
     want = 1.0 / m.rope_theta ** (np.arange(0, m.head_dim, 2, dtype=np.float32) / m.head_dim)
     if inv_freq.shape != want.shape or not np.allclose(inv_freq, want, rtol=1e-3):
-      mismatched.append(f"{_INV_FREQ} {list(inv_freq.shape)}: RoPE frequencies other than those of "
-                        f"model.head_dim={m.head_dim}, model.rope_theta={m.rope_theta}")
+      mismatched.append(
+        f"{_INV_FREQ} {list(inv_freq.shape)}: RoPE frequencies other than those of "
+        f"model.head_dim={m.head_dim}, model.rope_theta={m.rope_theta}"
+      )
   unexpected = sorted(set(state_dict) - used)
   if missing or unexpected or mismatched:
-    parts = [f"{title} ({len(items)}):\n    " + "\n    ".join(items)
-             for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
-             if items]
-    raise F5ConversionError("the F5-TTS checkpoint does not fit the audio stream of this config (model.*):\n  "
-                            + "\n  ".join(parts))
+    parts = [
+      f"{title} ({len(items)}):\n    " + "\n    ".join(items)
+      for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+      if items
+    ]
+    raise F5ConversionError(
+      "the F5-TTS checkpoint does not fit the audio stream of this config (model.*):\n  " + "\n  ".join(parts)
+    )
   return layer_stack.convert_for(converted, config, scanned=scanned)
 
 
@@ -183,7 +200,6 @@ def load_f5_checkpoint(path: str) -> dict[str, np.ndarray]:
   `step`) and the mel extractor's buffers (`mel_spec.*`) are dropped; any other name outside
   `transformer.` is kept whole, for `convert` to report.
   """
-  from jamflow_jax import torch_checkpoint  # numpy-only reader of .safetensors / torch zip files
 
   tree = torch_checkpoint.load(path)
   if "ema_model_state_dict" in tree:
@@ -205,5 +221,4 @@ def merge_params(params: dict, converted: dict) -> dict:
   if not isinstance(converted, dict):
     value = np.asarray(converted, params.dtype)
     return jax.make_array_from_callback(params.shape, params.sharding, lambda index: value[index])
-  return {key: merge_params(value, converted[key]) if key in converted else value
-          for key, value in params.items()}
+  return {key: merge_params(value, converted[key]) if key in converted else value for key, value in params.items()}

@@ -6,11 +6,18 @@ import ml_collections
 from flax import nnx, struct
 
 from jamflow_jax import config as config_lib
-from jamflow_jax.model.attention import AUDIO, MOTION, AttentionOptions
+from jamflow_jax.axes import ACT_EMBED, BATCH, EMBED, LENGTH
 from jamflow_jax.model import layer_stack
+from jamflow_jax.model.attention import AUDIO, MOTION
 from jamflow_jax.model.dit import Tokens
-from jamflow_jax.model.layers import (AdaLNModulation, ConvPositionEmbedding, TimestepEmbedding,
-                                      layer_norm, linear, modulate)
+from jamflow_jax.model.layers import (
+  AdaLNModulation,
+  ConvPositionEmbedding,
+  TimestepEmbedding,
+  layer_norm,
+  linear,
+  modulate,
+)
 from jamflow_jax.model.rope import rope_angles
 from jamflow_jax.model.text_encoder import TextEncoder
 from jamflow_jax.sharding import constrain
@@ -23,14 +30,15 @@ class FlowInputs:
   An absent modality is given with all-False `*_valid`: its tokens are then neither attended to
   nor produce anything the loss reads.
   """
-  audio_xt: jax.Array      # float [B, Ta, mel_dim]   noisy mel at time t
-  audio_cond: jax.Array    # float [B, Ta, mel_dim]   given mel frames, zeros elsewhere
-  text: jax.Array          # int32 [B, Ta]            filler-padded transcript ids
-  audio_valid: jax.Array   # bool  [B, Ta]
-  motion_xt: jax.Array     # float [B, Tm, motion_dim]
-  motion_cond: jax.Array   # float [B, Tm, motion_dim]
+
+  audio_xt: jax.Array  # float [B, Ta, mel_dim]   noisy mel at time t
+  audio_cond: jax.Array  # float [B, Ta, mel_dim]   given mel frames, zeros elsewhere
+  text: jax.Array  # int32 [B, Ta]            filler-padded transcript ids
+  audio_valid: jax.Array  # bool  [B, Ta]
+  motion_xt: jax.Array  # float [B, Tm, motion_dim]
+  motion_cond: jax.Array  # float [B, Tm, motion_dim]
   motion_valid: jax.Array  # bool  [B, Tm]
-  t: jax.Array             # float [B] flow time in [0, 1]
+  t: jax.Array  # float [B] flow time in [0, 1]
 
 
 class StreamHead(nnx.Module):
@@ -39,7 +47,7 @@ class StreamHead(nnx.Module):
   def __init__(self, width: int, out_dim: int, *, rngs: nnx.Rngs, dtype):
     self.modulation = AdaLNModulation(width, 2, rngs=rngs, dtype=dtype)
     self.norm = layer_norm(width, rngs=rngs, dtype=dtype, affine=False)
-    self.proj = linear(width, out_dim, ("embed", None), rngs=rngs, dtype=dtype)
+    self.proj = linear(width, out_dim, (EMBED, None), rngs=rngs, dtype=dtype)
 
   def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
     shift, scale = self.modulation(temb)
@@ -55,22 +63,21 @@ class JamFlow(nnx.Module):
     self.compute_dtype = dtype
     self.head_dim, self.rope_theta = m.head_dim, m.rope_theta
     self.motion_step = config_lib.motion_step(config)
-    self.window = config_lib.joint_window_frames(config)
-    self.attention = AttentionOptions.from_config(m)
     self.scan_layers, self.remat_policy = m.scan_layers, m.remat_policy
 
-    self.text = TextEncoder(m.text_vocab_size, m.text_dim, m.text_conv_layers, rngs=rngs, dtype=dtype,
-                            mask_padding=m.text_mask_padding)
-    self.audio_in = linear(2 * m.mel_dim + m.text_dim, m.audio_width, (None, "embed"), rngs=rngs, dtype=dtype)
-    self.motion_in = linear(2 * m.motion_dim, m.motion_width, (None, "embed"), rngs=rngs, dtype=dtype)
+    self.text = TextEncoder(
+      m.text_vocab_size, m.text_dim, m.text_conv_layers, rngs=rngs, dtype=dtype, mask_padding=m.text_mask_padding
+    )
+    self.audio_in = linear(2 * m.mel_dim + m.text_dim, m.audio_width, (None, EMBED), rngs=rngs, dtype=dtype)
+    self.motion_in = linear(2 * m.motion_dim, m.motion_width, (None, EMBED), rngs=rngs, dtype=dtype)
     pos = lambda w: ConvPositionEmbedding(w, m.conv_pos_kernel, m.conv_pos_groups, rngs=rngs, dtype=dtype)
     self.audio_pos, self.motion_pos = pos(m.audio_width), pos(m.motion_width)
     self.audio_time = TimestepEmbedding(m.time_freq_dim, m.audio_width, rngs=rngs, dtype=dtype)
     self.motion_time = TimestepEmbedding(m.time_freq_dim, m.motion_width, rngs=rngs, dtype=dtype)
     if m.scan_layers:  # parameters stacked over `layers` (layer_stack: layer i = group i // p, member i % p)
-      self.layer_groups = layer_stack.stacked_groups(m, rngs=rngs, dtype=dtype)
+      self.layer_groups = layer_stack.stacked_groups(config, rngs=rngs, dtype=dtype)
     else:
-      self.layers = nnx.List([layer_stack.dual_layer(m, i, rngs=rngs, dtype=dtype) for i in range(m.depth)])
+      self.layers = nnx.List([layer_stack.dual_layer(config, i, rngs=rngs, dtype=dtype) for i in range(m.depth)])
     self.audio_head = StreamHead(m.audio_width, m.mel_dim, rngs=rngs, dtype=dtype)
     self.motion_head = StreamHead(m.motion_width, m.motion_dim, rngs=rngs, dtype=dtype)
 
@@ -80,8 +87,9 @@ class JamFlow(nnx.Module):
     tm = x.motion_valid.shape[1]
     time_a = jnp.broadcast_to(jnp.arange(ta, dtype=jnp.float32), (b, ta))
     time_m = jnp.broadcast_to(jnp.arange(tm, dtype=jnp.float32) * self.motion_step, (b, tm))
-    make = lambda mod, time, valid: Tokens(jnp.full(valid.shape, mod, jnp.int32), time, valid,
-                                           rope_angles(time, self.head_dim, self.rope_theta))
+    make = lambda mod, time, valid: Tokens(
+      jnp.full(valid.shape, mod, jnp.int32), time, valid, rope_angles(time, self.head_dim, self.rope_theta)
+    )
     return make(AUDIO, time_a, x.audio_valid), make(MOTION, time_m, x.motion_valid)
 
   def embed(self, x: FlowInputs) -> tuple[jax.Array, jax.Array]:
@@ -92,15 +100,14 @@ class JamFlow(nnx.Module):
     hm = self.motion_in(jnp.concatenate([cast(x.motion_xt), cast(x.motion_cond)], axis=-1))
     ha = self.audio_pos(ha, x.audio_valid)
     hm = self.motion_pos(hm, x.motion_valid)
-    return constrain(ha, ("batch", "length", "act_embed")), constrain(hm, ("batch", "length", "act_embed"))
+    return constrain(ha, (BATCH, LENGTH, ACT_EMBED)), constrain(hm, (BATCH, LENGTH, ACT_EMBED))
 
   def __call__(self, x: FlowInputs) -> tuple[jax.Array, jax.Array]:
     ta, tm = self.tokens(x)
     ha, hm = self.embed(x)
     temb_a, temb_m = self.audio_time(x.t), self.motion_time(x.t)
     stack = self.layer_groups if self.scan_layers else self.layers
-    ha, hm = layer_stack.run(stack, self.scan_layers, self.remat_policy, ha, hm, temb_a, temb_m, ta, tm,
-                             self.window, self.attention)
+    ha, hm = layer_stack.run(stack, self.scan_layers, self.remat_policy, ha, hm, temb_a, temb_m, ta, tm)
     va = self.audio_head(ha, temb_a).astype(jnp.float32)
     vm = self.motion_head(hm, temb_m).astype(jnp.float32)
     return va, vm

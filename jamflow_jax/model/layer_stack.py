@@ -21,20 +21,23 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jamflow_jax import config as config_lib
+from jamflow_jax.axes import LAYERS
+from jamflow_jax.model.attention import AttentionOptions
 from jamflow_jax.model.dit import ATTENTION_OUT, QKV_NAMES, DualLayer
 
-# model.remat_policy (config.REMAT_POLICIES) -> the jax.checkpoint policy (None: no rematerialisation).
+# model.remat_policy (choices.REMAT_POLICIES) -> the jax.checkpoint policy (None: no rematerialisation).
 POLICIES: dict[str, Callable | None] = {
-    "none": None,                                             # keep every activation
-    "full": jax.checkpoint_policies.nothing_saveable,         # keep the layer inputs only
-    "save_dots": jax.checkpoint_policies.checkpoint_dots,     # keep every matmul output
-    "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # projections, not logits
-    "save_qkv_proj": jax.checkpoint_policies.save_only_these_names(*QKV_NAMES),
-    "save_attention": jax.checkpoint_policies.save_only_these_names(*QKV_NAMES, ATTENTION_OUT),
+  "none": None,  # keep every activation
+  "full": jax.checkpoint_policies.nothing_saveable,  # keep the layer inputs only
+  "save_dots": jax.checkpoint_policies.checkpoint_dots,  # keep every matmul output
+  "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # projections, not logits
+  "save_qkv_proj": jax.checkpoint_policies.save_only_these_names(*QKV_NAMES),
+  "save_attention": jax.checkpoint_policies.save_only_these_names(*QKV_NAMES, ATTENTION_OUT),
 }
 
-STACKED = "layer_groups"    # the scanned stack's key in the parameter tree
-UNROLLED = "layers"         # the unrolled stack's key: {layer index: DualLayer parameters}
+STACKED = "layer_groups"  # the scanned stack's key in the parameter tree
+UNROLLED = "layers"  # the unrolled stack's key: {layer index: DualLayer parameters}
 
 
 def period(depth: int, joint_layers) -> int:
@@ -43,10 +46,23 @@ def period(depth: int, joint_layers) -> int:
   return next(p for p in range(1, depth + 1) if depth % p == 0 and all(joint[i] == joint[i % p] for i in range(depth)))
 
 
-def dual_layer(m: ml_collections.ConfigDict, i: int, *, rngs: nnx.Rngs, dtype) -> DualLayer:
+def dual_layer(config: ml_collections.ConfigDict, i: int, *, rngs: nnx.Rngs, dtype) -> DualLayer:
   """Layer i of the paper's stack (joint iff i is in model.joint_layers)."""
-  return DualLayer(m.audio_width, m.motion_width, m.heads, m.head_dim, m.ff_mult, m.qk_norm,
-                   i in set(m.joint_layers), rngs=rngs, dtype=dtype, audio_rope_heads=m.rope_heads)
+  m = config.model
+  return DualLayer(
+    m.audio_width,
+    m.motion_width,
+    m.heads,
+    m.head_dim,
+    m.ff_mult,
+    m.qk_norm,
+    i in set(m.joint_layers),
+    window=config_lib.joint_window_frames(config),
+    attention=AttentionOptions.from_config(m),
+    rngs=rngs,
+    dtype=dtype,
+    audio_rope_heads=m.rope_heads,
+  )
 
 
 class LayerGroup(nnx.Module):
@@ -56,19 +72,22 @@ class LayerGroup(nnx.Module):
     self.layers = nnx.List(layers)
 
   def __call__(self, ha, hm, *context):
+    """DualLayer's arguments; the layers run in order."""
     for layer in self.layers:
       ha, hm = layer(ha, hm, *context)
     return ha, hm
 
 
-def stacked_groups(m: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dtype) -> LayerGroup:
+def stacked_groups(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dtype) -> LayerGroup:
   """One LayerGroup whose parameters are stacked [depth / p, ...] over the logical axis `layers`."""
+  m = config.model
   p = period(m.depth, m.joint_layers)
 
   @nnx.split_rngs(splits=m.depth // p)
-  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYERS})
   def make(rngs):
-    return LayerGroup([dual_layer(m, j, rngs=rngs, dtype=dtype) for j in range(p)])
+    return LayerGroup([dual_layer(config, j, rngs=rngs, dtype=dtype) for j in range(p)])
+
   return make(rngs)
 
 
@@ -96,6 +115,7 @@ def run(layers, scanned: bool, policy: str, ha: jax.Array, hm: jax.Array, *conte
   def body(carry, group_state):
     ha, hm = nnx.merge(graphdef, group_state)(*carry, *context)
     return (ha.astype(carry[0].dtype), hm.astype(carry[1].dtype)), None
+
   # In a scan, common-subexpression elimination cannot merge the forward into the backward.
   (ha, hm), _ = jax.lax.scan(_checkpointed(body, policy, prevent_cse=False), (ha, hm), state)
   return ha, hm
@@ -126,21 +146,28 @@ def convert(tree: Any, scanned: bool, p: int) -> Any:
   arrays (also traced: jit it with the target shardings), numpy arrays or ShapeDtypeStructs
   (shardings follow: the `layers` axis unsharded). Dicts already in that layout pass unchanged;
   a partial tree (e.g. only the audio stream's leaves) converts as well."""
+
   def one(params):
     if scanned and UNROLLED in params:
       layers = params[UNROLLED]
       groups = len(layers) // p
-      stacked = {j: jax.tree.map(lambda *xs: _stack(list(xs)), *[layers[g * p + j] for g in range(groups)])
-                 for j in range(p)}
+      stacked = {
+        j: jax.tree.map(lambda *xs: _stack(list(xs)), *[layers[g * p + j] for g in range(groups)]) for j in range(p)
+      }
       return {**{k: v for k, v in params.items() if k != UNROLLED}, STACKED: {"layers": stacked}}
     if not scanned and STACKED in params:
       stacked = params[STACKED]["layers"]
       groups = jax.tree.leaves(stacked, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))[0].shape[0]
-      layers = {g * p + j: jax.tree.map(functools.partial(_take, g=g), stacked[j],
-                                        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
-                for g in range(groups) for j in range(p)}
+      layers = {
+        g * p + j: jax.tree.map(
+          functools.partial(_take, g=g), stacked[j], is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct)
+        )
+        for g in range(groups)
+        for j in range(p)
+      }
       return {**{k: v for k, v in params.items() if k != STACKED}, UNROLLED: dict(sorted(layers.items()))}
     return params
+
   return jax.tree.map(lambda x: one(x) if _is_params(x) else x, tree, is_leaf=_is_params)
 
 

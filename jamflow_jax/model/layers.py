@@ -5,27 +5,41 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
 from jax.sharding import PartitionSpec as P
 
-from jamflow_jax.sharding import BATCH_AXES, constrain
+from jamflow_jax.axes import ACT_MLP, BATCH, EMBED, LENGTH, MLP
+from jamflow_jax.sharding import constrain, entry_axes, logical_to_spec
 
 
-def _init(names, init=nnx.initializers.xavier_uniform()):
+def partitioned(names, init=nnx.initializers.xavier_uniform()):
+  """`init` whose parameter carries the logical axis names `names` (one per dimension)."""
   return nnx.with_partitioning(init, names)
 
 
 def linear(din: int, dout: int, names: tuple, *, rngs: nnx.Rngs, dtype, zero: bool = False) -> nnx.Linear:
   """nnx.Linear whose kernel [din, dout] carries logical names; bias follows the output name."""
   kernel_init = nnx.initializers.zeros_init() if zero else nnx.initializers.xavier_uniform()
-  return nnx.Linear(din, dout, dtype=dtype, rngs=rngs, kernel_init=_init(names, kernel_init),
-                    bias_init=_init(names[1:], nnx.initializers.zeros_init()))
+  return nnx.Linear(
+    din,
+    dout,
+    dtype=dtype,
+    rngs=rngs,
+    kernel_init=partitioned(names, kernel_init),
+    bias_init=partitioned(names[1:], nnx.initializers.zeros_init()),
+  )
 
 
 def layer_norm(dim: int, *, rngs: nnx.Rngs, dtype, affine: bool) -> nnx.LayerNorm:
-  return nnx.LayerNorm(dim, epsilon=1e-6, use_scale=affine, use_bias=affine, dtype=dtype, rngs=rngs,
-                       scale_init=_init(("embed",), nnx.initializers.ones_init()),
-                       bias_init=_init(("embed",), nnx.initializers.zeros_init()))
+  return nnx.LayerNorm(
+    dim,
+    epsilon=1e-6,
+    use_scale=affine,
+    use_bias=affine,
+    dtype=dtype,
+    rngs=rngs,
+    scale_init=partitioned((EMBED,), nnx.initializers.ones_init()),
+    bias_init=partitioned((EMBED,), nnx.initializers.zeros_init()),
+  )
 
 
 def sinusoidal(x: jax.Array, dim: int, scale: float = 1000.0) -> jax.Array:
@@ -41,8 +55,8 @@ class TimestepEmbedding(nnx.Module):
 
   def __init__(self, freq_dim: int, width: int, *, rngs: nnx.Rngs, dtype):
     self.freq_dim = freq_dim
-    self.fc1 = linear(freq_dim, width, (None, "embed"), rngs=rngs, dtype=dtype)
-    self.fc2 = linear(width, width, ("embed", None), rngs=rngs, dtype=dtype)
+    self.fc1 = linear(freq_dim, width, (None, EMBED), rngs=rngs, dtype=dtype)
+    self.fc2 = linear(width, width, (EMBED, None), rngs=rngs, dtype=dtype)
 
   def __call__(self, t: jax.Array) -> jax.Array:
     return self.fc2(nnx.silu(self.fc1(sinusoidal(t, self.freq_dim))))
@@ -55,15 +69,20 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, groups: int) -> jax.Array:
   gradient of a grouped convolution multiplied by the replication factor when the batch is sharded
   over only some mesh axes (seen with jax 0.10.2); shard_map's transpose sums it exactly once.
   """
+
   def conv(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1,), "SAME",
-                                        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups)
+    return jax.lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), (1,), "SAME", dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups
+    )
 
   mesh = jax.sharding.get_abstract_mesh()
-  shards = 1 if mesh.empty else math.prod(mesh.shape.get(a, 1) for a in BATCH_AXES)
+  if mesh.empty:
+    return conv(x, kernel)
+  batch = logical_to_spec((BATCH,))  # the batch mesh axes under the current rules
+  shards = math.prod(mesh.shape[a] for a in entry_axes(batch[0]))
   if shards == 1 or x.shape[0] % shards:
     return conv(x, kernel)
-  return jax.shard_map(conv, in_specs=(P(BATCH_AXES), P()), out_specs=P(BATCH_AXES))(x, kernel)
+  return jax.shard_map(conv, in_specs=(batch, P()), out_specs=batch)(x, kernel)
 
 
 class GroupedConv(nnx.Module):
@@ -73,9 +92,10 @@ class GroupedConv(nnx.Module):
     self.groups, self.dtype = groups, dtype
     # Output channels FSDP-sharded like every `embed` axis (gathered for the convolution): at 7b the
     # two kernels of a stream's position embedding hold 37M parameters.
-    self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (kernel, width // groups, width)),
-                            out_sharding=(None, None, "embed"))
-    self.bias = nnx.Param(jnp.zeros((width,)), out_sharding=("embed",))
+    self.kernel = nnx.Param(
+      nnx.initializers.lecun_normal()(rngs.params(), (kernel, width // groups, width)), out_sharding=(None, None, EMBED)
+    )
+    self.bias = nnx.Param(jnp.zeros((width,)), out_sharding=(EMBED,))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.astype(self.dtype)
@@ -100,11 +120,11 @@ class FeedForward(nnx.Module):
   """Linear -> GELU(tanh) -> Linear, inner width = ff_mult * width."""
 
   def __init__(self, width: int, ff_mult: int, *, rngs: nnx.Rngs, dtype):
-    self.up = linear(width, width * ff_mult, ("embed", "mlp"), rngs=rngs, dtype=dtype)
-    self.down = linear(width * ff_mult, width, ("mlp", "embed"), rngs=rngs, dtype=dtype)
+    self.up = linear(width, width * ff_mult, (EMBED, MLP), rngs=rngs, dtype=dtype)
+    self.down = linear(width * ff_mult, width, (MLP, EMBED), rngs=rngs, dtype=dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = constrain(nnx.gelu(self.up(x), approximate=True), ("batch", "length", "act_mlp"))
+    h = constrain(nnx.gelu(self.up(x), approximate=True), (BATCH, LENGTH, ACT_MLP))
     return self.down(h)
 
 
@@ -113,7 +133,7 @@ class AdaLNModulation(nnx.Module):
 
   def __init__(self, width: int, n: int, *, rngs: nnx.Rngs, dtype):
     self.n = n
-    self.proj = linear(width, width * n, ("embed", None), rngs=rngs, dtype=dtype, zero=True)
+    self.proj = linear(width, width * n, (EMBED, None), rngs=rngs, dtype=dtype, zero=True)
 
   def __call__(self, temb: jax.Array) -> tuple[jax.Array, ...]:
     return tuple(m[:, None, :] for m in jnp.split(self.proj(nnx.silu(temb)), self.n, axis=-1))

@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jamflow_jax.model.layers import GroupedConv, _init, layer_norm, linear
+from jamflow_jax.axes import EMBED, MLP, VOCAB
+from jamflow_jax.model.layers import GroupedConv, layer_norm, linear, partitioned
 from jamflow_jax.text import FILLER_ID
 
 
@@ -20,8 +21,8 @@ class GRN(nnx.Module):
   """Global response normalisation over time (ConvNeXt-V2)."""
 
   def __init__(self, dim: int):
-    self.gamma = nnx.Param(jnp.zeros((dim,)), out_sharding=("mlp",))
-    self.beta = nnx.Param(jnp.zeros((dim,)), out_sharding=("mlp",))
+    self.gamma = nnx.Param(jnp.zeros((dim,)), out_sharding=(MLP,))
+    self.beta = nnx.Param(jnp.zeros((dim,)), out_sharding=(MLP,))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     gx = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=1, keepdims=True))
@@ -33,9 +34,9 @@ class ConvNeXtV2Block(nnx.Module):
   def __init__(self, dim: int, *, rngs: nnx.Rngs, dtype, kernel: int = 7):
     self.dwconv = GroupedConv(dim, kernel, dim, rngs=rngs, dtype=dtype)  # depthwise
     self.norm = layer_norm(dim, rngs=rngs, dtype=dtype, affine=True)
-    self.pw1 = linear(dim, 2 * dim, ("embed", "mlp"), rngs=rngs, dtype=dtype)
+    self.pw1 = linear(dim, 2 * dim, (EMBED, MLP), rngs=rngs, dtype=dtype)
     self.grn = GRN(2 * dim)
-    self.pw2 = linear(2 * dim, dim, ("mlp", "embed"), rngs=rngs, dtype=dtype)
+    self.pw2 = linear(2 * dim, dim, (MLP, EMBED), rngs=rngs, dtype=dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h = self.norm(self.dwconv(x))
@@ -46,11 +47,11 @@ class ConvNeXtV2Block(nnx.Module):
 class TextEncoder(nnx.Module):
   """ids int32 [B, T] (filler-padded to the mel length) -> [B, T, text_dim]."""
 
-  def __init__(self, vocab_size: int, dim: int, num_blocks: int, *, rngs: nnx.Rngs, dtype,
-               mask_padding: bool = False):
+  def __init__(self, vocab_size: int, dim: int, num_blocks: int, *, rngs: nnx.Rngs, dtype, mask_padding: bool = False):
     self.dim, self.mask_padding = dim, mask_padding
-    self.embed = nnx.Embed(vocab_size, dim, dtype=dtype, rngs=rngs,
-                           embedding_init=_init(("vocab", "embed"), nnx.initializers.normal(1.0)))
+    self.embed = nnx.Embed(
+      vocab_size, dim, dtype=dtype, rngs=rngs, embedding_init=partitioned((VOCAB, EMBED), nnx.initializers.normal(1.0))
+    )
     self.blocks = nnx.List([ConvNeXtV2Block(dim, rngs=rngs, dtype=dtype) for _ in range(num_blocks)])
 
   def __call__(self, ids: jax.Array) -> jax.Array:

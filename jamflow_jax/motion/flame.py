@@ -33,7 +33,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jamflow_jax.config import ConfigError
 from jamflow_jax.motion import rotations, spec as spec_lib
 
 JOINTS = ("global", "neck", "jaw", "eye_l", "eye_r")
@@ -52,11 +51,11 @@ class FlameModel:
   is vertex v, coordinate c. Files hold FLAME's [V, 3, 36] (`posedirs.reshape(V * 3, 36).T` here).
   """
 
-  v_template: jax.Array   # float32 [V, 3]
-  faces: jax.Array        # int32 [F, 3], counter-clockwise seen from outside
-  shapedirs: jax.Array    # float32 [V, 3, S] identity directions
-  exprdirs: jax.Array     # float32 [V, 3, E] expression directions
-  posedirs: jax.Array     # float32 [36, V * 3] pose correctives (see above)
+  v_template: jax.Array  # float32 [V, 3]
+  faces: jax.Array  # int32 [F, 3], counter-clockwise seen from outside
+  shapedirs: jax.Array  # float32 [V, 3, S] identity directions
+  exprdirs: jax.Array  # float32 [V, 3, E] expression directions
+  posedirs: jax.Array  # float32 [36, V * 3] pose correctives (see above)
   j_regressor: jax.Array  # float32 [5, V] joints = j_regressor @ vertices
   lbs_weights: jax.Array  # float32 [V, 5] skinning weights, rows sum to 1
   eyelids: jax.Array | None = None  # float32 [2, V, 3] left, right eyelid closing blendshapes
@@ -76,8 +75,9 @@ class FlameModel:
     return self.exprdirs.shape[-1]
 
 
-def flame_vertices(model: FlameModel, motion, shape=None, *,
-                   spec: spec_lib.MotionSpec = spec_lib.MOTION_SPEC) -> jax.Array:
+def flame_vertices(
+  model: FlameModel, motion, shape=None, *, spec: spec_lib.MotionSpec = spec_lib.MOTION_SPEC
+) -> jax.Array:
   """Posed meshes for motion frames: motion [..., D] (e.g. [T, 61]) -> vertices [..., V, 3] float32.
 
   motion is in `spec`'s layout; the first min(E, 50) expression components drive exprdirs (a model
@@ -92,14 +92,16 @@ def flame_vertices(model: FlameModel, motion, shape=None, *,
 
   expression = parts["expression"]
   num_expr = min(model.num_expression, expression.shape[-1])
-  offsets = jnp.einsum("...e,vce->...vc", expression[..., :num_expr], model.exprdirs[..., :num_expr],
-                       precision=_HIGHEST)
+  offsets = jnp.einsum(
+    "...e,vce->...vc", expression[..., :num_expr], model.exprdirs[..., :num_expr], precision=_HIGHEST
+  )
   if shape is not None:
     shape = jnp.asarray(shape, jnp.float32)
     if shape.shape[-1] > model.num_shape:
       raise ValueError(f"shape has {shape.shape[-1]} coefficients; the model has {model.num_shape} directions")
-    offsets = offsets + jnp.einsum("...s,vcs->...vc", shape, model.shapedirs[..., :shape.shape[-1]],
-                                   precision=_HIGHEST)
+    offsets = offsets + jnp.einsum(
+      "...s,vcs->...vc", shape, model.shapedirs[..., : shape.shape[-1]], precision=_HIGHEST
+    )
   if model.eyelids is not None and "eyelids" in parts:
     offsets = offsets + jnp.einsum("...k,kvc->...vc", parts["eyelids"], model.eyelids, precision=_HIGHEST)
   v_shaped = model.v_template + offsets  # [..., V, 3]
@@ -109,8 +111,7 @@ def flame_vertices(model: FlameModel, motion, shape=None, *,
   pose = jnp.stack([parts["global_rot"], parts["neck"], parts["jaw"], eyes, eyes], axis=-2)
   rot = rotations.axis_angle_to_matrix(pose, xp=jnp)  # [..., 5, 3, 3]
   pose_feature = (rot[..., 1:, :, :] - jnp.eye(3)).reshape(lead + (NUM_POSE_FEATURES,))
-  v_posed = v_shaped + jnp.matmul(pose_feature, model.posedirs, precision=_HIGHEST).reshape(
-      lead + (num_vertices, 3))
+  v_posed = v_shaped + jnp.matmul(pose_feature, model.posedirs, precision=_HIGHEST).reshape(lead + (num_vertices, 3))
 
   # World transforms down the kinematic tree (parents precede children), then each joint's transform
   # relative to its rest position: x -> G.R (x - J) + G.t.
@@ -122,8 +123,7 @@ def flame_vertices(model: FlameModel, motion, shape=None, *,
     else:
       offset = joints[..., j, :] - joints[..., parent, :]
       world_r.append(jnp.matmul(world_r[parent], rot[..., j, :, :], precision=_HIGHEST))
-      world_t.append(world_t[parent] + jnp.einsum("...ab,...b->...a", world_r[parent], offset,
-                                                  precision=_HIGHEST))
+      world_t.append(world_t[parent] + jnp.einsum("...ab,...b->...a", world_r[parent], offset, precision=_HIGHEST))
   world_r = jnp.stack(world_r, axis=-3)  # [..., 5, 3, 3]
   world_t = jnp.stack(world_t, axis=-2)  # [..., 5, 3]
   rel_t = world_t - jnp.einsum("...jab,...jb->...ja", world_r, joints, precision=_HIGHEST)
@@ -134,6 +134,7 @@ def flame_vertices(model: FlameModel, motion, shape=None, *,
 
 
 # ----------------------------------------------------------------------------------- file reading
+
 
 class UnsafePickleError(pickle.UnpicklingError):
   """A model pickle referenced something that is not array data; nothing from it was executed."""
@@ -188,8 +189,12 @@ _BUILTINS = {"set": set, "frozenset": frozenset, "object": object, "bytes": byte
 _SPARSE = ("csc_matrix", "csr_matrix", "csc_array", "csr_array")
 # chumpy classes whose pickled state is plain data: Ch keeps its array under 'x', the reorderings
 # keep their input under 'a' plus numbers.
-_CHUMPY = {("chumpy.ch", "Ch"), ("chumpy.reordering", "Reshape"), ("chumpy.reordering", "Select"),
-           ("chumpy.reordering", "transpose")}
+_CHUMPY = {
+  ("chumpy.ch", "Ch"),
+  ("chumpy.reordering", "Reshape"),
+  ("chumpy.reordering", "Select"),
+  ("chumpy.reordering", "transpose"),
+}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -200,8 +205,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
     self._path = path
 
   def _refuse(self, what: str) -> UnsafePickleError:
-    return UnsafePickleError(f"{self._path}: the pickle references {what}, which is not array data; "
-                             "refusing to load it (nothing from it was run)")
+    return UnsafePickleError(
+      f"{self._path}: the pickle references {what}, which is not array data; "
+      "refusing to load it (nothing from it was run)"
+    )
 
   def find_class(self, module, name):
     if (module, name) in _NUMPY_GLOBALS:
@@ -239,10 +246,18 @@ def _sparse_to_dense(obj: _Pickled, where: str) -> np.ndarray:
   rows, cols = (int(s) for s in shape)
   by_column = obj.origin.rsplit(".", 1)[-1].startswith("csc")
   major, minor = (cols, rows) if by_column else (rows, cols)
-  if (indptr.shape != (major + 1,) or indices.shape != data.shape or indptr[0] != 0 or indptr[-1] != data.size
-      or np.any(np.diff(indptr) < 0) or indices.size and (indices.min() < 0 or indices.max() >= minor)):
-    raise ValueError(f"{where}: inconsistent {obj.origin} (shape {tuple(shape)}, indptr {indptr.shape}, "
-                     f"{data.size} values)")
+  if (
+    indptr.shape != (major + 1,)
+    or indices.shape != data.shape
+    or indptr[0] != 0
+    or indptr[-1] != data.size
+    or np.any(np.diff(indptr) < 0)
+    or indices.size
+    and (indices.min() < 0 or indices.max() >= minor)
+  ):
+    raise ValueError(
+      f"{where}: inconsistent {obj.origin} (shape {tuple(shape)}, indptr {indptr.shape}, {data.size} values)"
+    )
   major_index = np.repeat(np.arange(major), np.diff(indptr))
   dense = np.zeros((rows, cols))
   np.add.at(dense, (indices, major_index) if by_column else (major_index, indices), data)
@@ -314,6 +329,7 @@ def flame_model_from_arrays(arrays: dict, source: str = "arrays") -> FlameModel:
   r_eyelid [V, 3] (both or neither) and region_<name> vertex index arrays. Other keys are ignored.
   Errors name `source` and the key.
   """
+
   def get(key):
     if key not in arrays:
       raise ValueError(f"{source}: missing key {key!r} (found {', '.join(sorted(arrays)) or 'none'})")
@@ -338,8 +354,10 @@ def flame_model_from_arrays(arrays: dict, source: str = "arrays") -> FlameModel:
       raise ValueError(f"{source}: key 'num_shape' must be one integer, got {count.dtype} {list(count.shape)}")
     num_shape = int(count.item())
   if not 0 <= num_shape < dirs.shape[-1]:
-    raise ValueError(f"{source}: key 'shapedirs' has {dirs.shape[-1]} directions, so no expression "
-                     f"directions follow the first {num_shape} (identity); give num_shape")
+    raise ValueError(
+      f"{source}: key 'shapedirs' has {dirs.shape[-1]} directions, so no expression "
+      f"directions follow the first {num_shape} (identity); give num_shape"
+    )
   posedirs = check("posedirs", get("posedirs"), (num_vertices, 3, NUM_POSE_FEATURES)).astype(np.float32)
   regressor = check("J_regressor", get("J_regressor"), (len(JOINTS), num_vertices)).astype(np.float32)
   weights = check("weights", get("weights"), (num_vertices, len(JOINTS))).astype(np.float32)
@@ -357,14 +375,19 @@ def flame_model_from_arrays(arrays: dict, source: str = "arrays") -> FlameModel:
       index = check(key, get(key), (None,))
       if index.dtype.kind not in "iu" or index.size and (index.min() < 0 or index.max() >= num_vertices):
         raise ValueError(f"{source}: key {key!r} must hold integer vertex indices in [0, {num_vertices})")
-      regions[key[len("region_"):]] = jnp.asarray(index, jnp.int32)
+      regions[key[len("region_") :]] = jnp.asarray(index, jnp.int32)
 
   return FlameModel(
-      v_template=jnp.asarray(v_template), faces=jnp.asarray(faces, jnp.int32),
-      shapedirs=jnp.asarray(dirs[..., :num_shape]), exprdirs=jnp.asarray(dirs[..., num_shape:]),
-      posedirs=jnp.asarray(posedirs.reshape(num_vertices * 3, NUM_POSE_FEATURES).T),
-      j_regressor=jnp.asarray(regressor), lbs_weights=jnp.asarray(weights),
-      eyelids=None if eyelids is None else jnp.asarray(eyelids), regions=regions)
+    v_template=jnp.asarray(v_template),
+    faces=jnp.asarray(faces, jnp.int32),
+    shapedirs=jnp.asarray(dirs[..., :num_shape]),
+    exprdirs=jnp.asarray(dirs[..., num_shape:]),
+    posedirs=jnp.asarray(posedirs.reshape(num_vertices * 3, NUM_POSE_FEATURES).T),
+    j_regressor=jnp.asarray(regressor),
+    lbs_weights=jnp.asarray(weights),
+    eyelids=None if eyelids is None else jnp.asarray(eyelids),
+    regions=regions,
+  )
 
 
 def load_flame_model(path: str | os.PathLike) -> FlameModel:
@@ -375,7 +398,7 @@ def load_flame_model(path: str | os.PathLike) -> FlameModel:
   anything else -> UnsafePickleError); eyelid blendshapes come from `l_eyelid.npy` and
   `r_eyelid.npy` beside the file when the pickle has none (SMIRK's layout). `.npz`: the same keys
   (see `flame_model_from_arrays`), loaded without pickle, e.g. the stand-in head of
-  `jamflow_jax.motion.standin`.
+  `jamflow_jax.motion.standin` (`jamflow_jax.motion.face.load_face` picks one).
   """
   path = os.fspath(path)
   extension = os.path.splitext(path)[1].lower()
@@ -387,19 +410,3 @@ def load_flame_model(path: str | os.PathLike) -> FlameModel:
   else:
     raise ValueError(f"{path}: unknown FLAME file type {extension!r}; expected .pkl or .npz")
   return flame_model_from_arrays(arrays, source=path)
-
-
-def load_face(path: str | os.PathLike = "") -> FlameModel:
-  """The face to show and measure: the FLAME-format file at `path`, or the stand-in face if empty."""
-  if path:
-    return load_flame_model(path)
-  from jamflow_jax.motion import standin  # it builds its mesh with this module
-  return standin.make_standin()
-
-
-def load_configured_face(config) -> FlameModel:
-  """`load_face(config.render.face_model)`; a file it cannot read is a ConfigError naming the key."""
-  try:
-    return load_face(config.render.face_model)
-  except (OSError, ValueError, pickle.UnpicklingError) as e:  # unsafe pickles are refused, never run
-    raise ConfigError(f"render.face_model={config.render.face_model!r}: {e}") from None

@@ -21,8 +21,9 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw
 
-from jamflow_jax.audio.wav import write_wav
-from jamflow_jax.eval.metrics import frame_rms
+from jamflow_jax.audio import wav as wav_lib
+from jamflow_jax.audio.loudness import frame_rms
+from jamflow_jax.motion import face as face_lib, flame, trackers
 from jamflow_jax.motion.spec import EXPRESSION_COMPONENTS, MOTION_SPEC, MotionSpec
 
 
@@ -31,9 +32,18 @@ def _normalised(v) -> np.ndarray:
   return v / np.linalg.norm(v)
 
 
-def render_frames(vertices, faces, *, size: int = 256, margin: float = 0.08,
-                  color=(0.80, 0.76, 0.72), background=(0, 0, 0), light=(0.3, 0.4, 1.0),
-                  ambient: float = 0.25, cull_back_faces: bool = True) -> np.ndarray:
+def render_frames(
+  vertices,
+  faces,
+  *,
+  size: int = 256,
+  margin: float = 0.08,
+  color=(0.80, 0.76, 0.72),
+  background=(0, 0, 0),
+  light=(0.3, 0.4, 1.0),
+  ambient: float = 0.25,
+  cull_back_faces: bool = True,
+) -> np.ndarray:
   """Renders a mesh sequence seen from the front -> uint8 [T, size, size, 3].
 
   vertices: [T, V, 3] (or one frame [V, 3]); faces: int [F, 3], counter-clockwise seen from
@@ -98,12 +108,13 @@ def render_frames(vertices, faces, *, size: int = 256, margin: float = 0.08,
 
 def _ffmpeg_error(command: list[str], result: subprocess.CompletedProcess, path) -> RuntimeError:
   tail = result.stderr.decode("utf-8", "replace").strip().splitlines()[-15:]
-  return RuntimeError(f"ffmpeg exited with {result.returncode} writing {os.fspath(path)}\n"
-                      f"command: {' '.join(command)}\n" + "\n".join(tail))
+  return RuntimeError(
+    f"ffmpeg exited with {result.returncode} writing {os.fspath(path)}\n"
+    f"command: {' '.join(command)}\n" + "\n".join(tail)
+  )
 
 
-def write_video(path: str | os.PathLike, frames, fps: float = 25.0, wav=None,
-                sample_rate: int = 24000) -> None:
+def write_video(path: str | os.PathLike, frames, fps: float = 25.0, wav=None, sample_rate: int = 24000) -> None:
   """Writes frames uint8 [T, H, W, 3] (RGB) as an mp4: H.264, yuv420p, `fps` frames per second.
 
   wav: optional mono float audio [N] (-1..1) at `sample_rate`, muxed as AAC; it is not trimmed or
@@ -120,28 +131,52 @@ def write_video(path: str | os.PathLike, frames, fps: float = 25.0, wav=None,
   _, height, width, _ = frames.shape
   ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
   with tempfile.TemporaryDirectory() as tmp:
-    command = [ffmpeg, "-y", "-hide_banner", "-loglevel", "error",
-               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-framerate", f"{fps:g}",
-               "-i", "pipe:0"]
+    command = [
+      ffmpeg,
+      "-y",
+      "-hide_banner",
+      "-loglevel",
+      "error",
+      "-f",
+      "rawvideo",
+      "-pix_fmt",
+      "rgb24",
+      "-s",
+      f"{width}x{height}",
+      "-framerate",
+      f"{fps:g}",
+      "-i",
+      "pipe:0",
+    ]
     if wav is not None:
       audio_path = os.path.join(tmp, "audio.wav")
-      write_wav(audio_path, wav, sample_rate)
+      wav_lib.write_wav(audio_path, wav, sample_rate)
       command += ["-i", audio_path, "-c:a", "aac", "-b:a", "128k"]
-    command += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-                "-movflags", "+faststart", os.fspath(path)]
+    command += [
+      "-vf",
+      "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+      "-c:v",
+      "libx264",
+      "-pix_fmt",
+      "yuv420p",
+      "-movflags",
+      "+faststart",
+      os.fspath(path),
+    ]
     # communicate() feeds stdin while draining stderr, so a chatty ffmpeg cannot deadlock the pipe.
     result = subprocess.run(command, input=np.ascontiguousarray(frames).tobytes(), capture_output=True)
   if result.returncode != 0:
     raise _ffmpeg_error(command, result, path)
 
 
-def plot_motion(path: str | os.PathLike, motion, wav=None, sample_rate: int = 24000, fps: float = 25.0,
-                spec: MotionSpec = MOTION_SPEC) -> None:
+def plot_motion(
+  path: str | os.PathLike, motion, wav=None, sample_rate: int = 24000, fps: float = 25.0, spec: MotionSpec = MOTION_SPEC
+) -> None:
   """Writes a PNG of the main motion channels of motion [T, D] over time (seconds).
 
   Panels: jaw opening (jaw axis-angle x, radians), expression components 0-5 under their
   `EXPRESSION_COMPONENTS` names, eyelids. With `wav` ([N] at `sample_rate`), a top panel shows its
-  RMS envelope per motion frame (`jamflow_jax.eval.metrics.frame_rms`), and every motion panel
+  RMS envelope per motion frame (`jamflow_jax.audio.loudness.frame_rms`), and every motion panel
   carries it as a grey backdrop on the same time axis, so mouth movement can be checked against
   speech.
   """
@@ -160,9 +195,11 @@ def plot_motion(path: str | os.PathLike, motion, wav=None, sample_rate: int = 24
     envelope = frame_rms(wav, sample_rate, fps=fps, num_frames=math.ceil(wav.size * fps / sample_rate))
 
   names = {index: name for name, index in EXPRESSION_COMPONENTS.items()}
-  panels = [("jaw opening (rad)", [("jaw x", parts["jaw"][:, 0])]),
-            ("expression", [(names.get(i, f"expression {i}"), parts["expression"][:, i]) for i in range(6)]),
-            ("eyelids", [(f"eyelid {i}", parts["eyelids"][:, i]) for i in range(parts["eyelids"].shape[1])])]
+  panels = [
+    ("jaw opening (rad)", [("jaw x", parts["jaw"][:, 0])]),
+    ("expression", [(names.get(i, f"expression {i}"), parts["expression"][:, i]) for i in range(6)]),
+    ("eyelids", [(f"eyelid {i}", parts["eyelids"][:, i]) for i in range(parts["eyelids"].shape[1])]),
+  ]
   rows = len(panels) + (envelope is not None)
   figure = Figure(figsize=(12, 2.2 * rows), layout="constrained")
   FigureCanvasAgg(figure)
@@ -171,7 +208,7 @@ def plot_motion(path: str | os.PathLike, motion, wav=None, sample_rate: int = 24
     env_time = np.arange(envelope.size) / fps
     axes[0].fill_between(env_time, envelope, color="0.4")
     axes[0].set_ylabel("audio RMS")
-  for ax, (label, lines) in zip(axes[rows - len(panels):], panels):
+  for ax, (label, lines) in zip(axes[rows - len(panels) :], panels):
     if envelope is not None:
       backdrop = ax.twinx()
       backdrop.fill_between(env_time, envelope, color="0.85", zorder=0)
@@ -188,12 +225,12 @@ def plot_motion(path: str | os.PathLike, motion, wav=None, sample_rate: int = 24
 
 def face_frames(face, motion, *, size: int = 256) -> np.ndarray:
   """A FLAME-format face (`jamflow_jax.motion.flame.FlameModel`) posed by motion [T, D] -> uint8 frames."""
-  from jamflow_jax.motion import flame
   return render_frames(np.asarray(flame.flame_vertices(face, motion)), np.asarray(face.faces), size=size)
 
 
-def write_face_video(path: str | os.PathLike, face, motion, wav=None, sample_rate: int = 24000,
-                     fps: float = 25.0, size: int = 256) -> None:
+def write_face_video(
+  path: str | os.PathLike, face, motion, wav=None, sample_rate: int = 24000, fps: float = 25.0, size: int = 256
+) -> None:
   """The face speaking: motion [T, D] at `fps` with `wav` (cut or padded with silence to T / fps s)."""
   frames = face_frames(face, motion, size=size)
   if wav is not None:
@@ -205,16 +242,14 @@ def write_face_video(path: str | os.PathLike, face, motion, wav=None, sample_rat
 def main(argv) -> None:
   """python -m jamflow_jax.motion.render --motion=X.npz [--audio=X.wav] [--out=X.mp4] [--plot]"""
   from absl import flags
-  from data_pipelines import trackers
-  from jamflow_jax.audio import wav as wav_lib
-  from jamflow_jax.motion import flame
+
   f = flags.FLAGS
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
     motion, _ = trackers.load_motion(f.motion, default_fps=MOTION_SPEC.fps)
     wav, rate = (None, 24000) if not f.audio else wav_lib.load_wav(f.audio)
-    face = flame.load_face(f.face_model)
+    face = face_lib.load_face(f.face_model)
   except (OSError, ValueError, pickle.UnpicklingError) as e:  # names the file; unsafe pickles are never run
     raise SystemExit(f"input error: {e}") from None
   out = f.out or os.path.splitext(f.motion)[0] + ".mp4"
@@ -227,7 +262,8 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   from absl import app, flags
-  flags.DEFINE_string("motion", None, "motion npz (ours or any tracker format data_pipelines.trackers reads)")
+
+  flags.DEFINE_string("motion", None, "motion npz (ours or any tracker format jamflow_jax.motion.trackers reads)")
   flags.DEFINE_string("audio", None, "wav to put under the video")
   flags.DEFINE_string("out", None, "mp4 path (default: the motion file's, .mp4)")
   flags.DEFINE_string("face_model", "", "FLAME .pkl / .npz; empty = the stand-in face")

@@ -25,8 +25,7 @@ def _skew(v, xp=np):
   """[..., 3] -> [..., 3, 3] cross-product matrix, skew(v) @ x == cross(v, x)."""
   x, y, z = v[..., 0], v[..., 1], v[..., 2]
   zero = xp.zeros_like(x)
-  return xp.stack([xp.stack([zero, -z, y], -1), xp.stack([z, zero, -x], -1),
-                   xp.stack([-y, x, zero], -1)], -2)
+  return xp.stack([xp.stack([zero, -z, y], -1), xp.stack([z, zero, -x], -1), xp.stack([-y, x, zero], -1)], -2)
 
 
 def axis_angle_to_matrix(aa, *, xp=np):
@@ -77,10 +76,14 @@ def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
   """[..., 4] quaternion (w, x, y, z; normalised here) -> [..., 3, 3] rotation matrix."""
   q = np.asarray(q, np.float64)
   w, x, y, z = np.moveaxis(q / np.linalg.norm(q, axis=-1, keepdims=True), -1, 0)
-  return np.stack([
+  return np.stack(
+    [
       np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
       np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-      np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)], -2)
+      np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+    ],
+    -2,
+  )
 
 
 def matrix_to_quaternion(r: np.ndarray) -> np.ndarray:
@@ -96,10 +99,15 @@ def matrix_to_quaternion(r: np.ndarray) -> np.ndarray:
   d21, d02, d10 = r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]
   s21, s02, s10 = r[..., 2, 1] + r[..., 1, 2], r[..., 0, 2] + r[..., 2, 0], r[..., 1, 0] + r[..., 0, 1]
   # Row i holds 4 q_i * (w, x, y, z).
-  candidates = np.stack([np.stack([four_sq[..., 0], d21, d02, d10], -1),
-                         np.stack([d21, four_sq[..., 1], s10, s02], -1),
-                         np.stack([d02, s10, four_sq[..., 2], s21], -1),
-                         np.stack([d10, s02, s21, four_sq[..., 3]], -1)], -2)
+  candidates = np.stack(
+    [
+      np.stack([four_sq[..., 0], d21, d02, d10], -1),
+      np.stack([d21, four_sq[..., 1], s10, s02], -1),
+      np.stack([d02, s10, four_sq[..., 2], s21], -1),
+      np.stack([d10, s02, s21, four_sq[..., 3]], -1),
+    ],
+    -2,
+  )
   best = np.argmax(four_sq, axis=-1)
   row = np.take_along_axis(candidates, best[..., None, None], axis=-2)[..., 0, :]
   q = row / np.linalg.norm(row, axis=-1, keepdims=True)

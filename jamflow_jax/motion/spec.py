@@ -16,12 +16,12 @@ import numpy as np
 
 # Expression components the built-in corpus drives, by index into `expression`.
 EXPRESSION_COMPONENTS = {
-    "lip_closure": 0,    # lips pressed together (p, b, m)
-    "lip_rounding": 1,   # lips rounded and protruded (o, u, w, sh)
-    "lip_spreading": 2,  # lip corners pulled wide (i, e)
-    "labiodental": 3,    # lower lip tucked under the upper teeth (f, v)
-    "tongue_tip": 4,     # tongue tip visible between the teeth (th)
-    "brow_raise": 5,     # brows lifted with pitch accents
+  "lip_closure": 0,  # lips pressed together (p, b, m)
+  "lip_rounding": 1,  # lips rounded and protruded (o, u, w, sh)
+  "lip_spreading": 2,  # lip corners pulled wide (i, e)
+  "labiodental": 3,  # lower lip tucked under the upper teeth (f, v)
+  "tongue_tip": 4,  # tongue tip visible between the teeth (th)
+  "brow_raise": 5,  # brows lifted with pitch accents
 }
 
 
@@ -29,8 +29,7 @@ EXPRESSION_COMPONENTS = {
 class MotionSpec:
   """Names, sizes and order of the parts of a motion frame."""
 
-  parts: tuple[tuple[str, int], ...] = (
-      ("expression", 50), ("jaw", 3), ("neck", 3), ("global_rot", 3), ("eyelids", 2))
+  parts: tuple[tuple[str, int], ...] = (("expression", 50), ("jaw", 3), ("neck", 3), ("global_rot", 3), ("eyelids", 2))
   fps: float = 25.0
   rotations: tuple[str, ...] = ("jaw", "neck", "global_rot")
 
@@ -72,14 +71,18 @@ class MotionSpec:
   @classmethod
   def from_json(cls, description: dict) -> "MotionSpec":
     """Inverse of `to_json` (extra keys, e.g. corpus.json's mean/std, are ignored)."""
-    return cls(parts=tuple((str(n), int(s)) for n, s in description["parts"]), fps=float(description["fps"]),
-               rotations=tuple(description["rotations"]))
+    return cls(
+      parts=tuple((str(n), int(s)) for n, s in description["parts"]),
+      fps=float(description["fps"]),
+      rotations=tuple(description["rotations"]),
+    )
 
 
 MOTION_SPEC = MotionSpec()
 
 
-def motion_frames_for(mel_frames: int, *, motion_fps: float = 25.0, sample_rate: int = 24000,
-                      hop_length: int = 256) -> int:
+def motion_frames_for(
+  mel_frames: int, *, motion_fps: float = 25.0, sample_rate: int = 24000, hop_length: int = 256
+) -> int:
   """T_m = ceil(T_a * motion_fps / mel_fps): motion frames that cover `mel_frames` mel frames."""
   return math.ceil(mel_frames * motion_fps * hop_length / sample_rate - 1e-9)

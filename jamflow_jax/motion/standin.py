@@ -45,7 +45,7 @@ NUM_SHAPE = 10
 NUM_EXPRESSION = 50
 
 # Layout (meters).
-MOUTH_Y = -0.047          # the mouth slit row
+MOUTH_Y = -0.047  # the mouth slit row
 MOUTH_HALF_WIDTH = 0.024  # slit columns are those with |x| below this
 EYE_CENTRE = (0.033, 0.028)  # (|x|, y) of the eye openings
 EYE_HALF = (0.0135, 0.0065)  # half width, half height of an eye opening
@@ -56,10 +56,19 @@ NECK_BOTTOM = -0.165
 
 # Profile below the skull centre: y -> (half width, front z, back z) at the midline, before features.
 _PROFILE_Y = (-0.165, -0.14, -0.118, -0.107, -0.100, -0.090, -0.075, -0.055, -0.030, -0.005, 0.015)
-_PROFILE = ((0.053, 0.036, -0.058), (0.051, 0.036, -0.057), (0.050, 0.038, -0.056),
-            (0.050, 0.045, -0.057), (0.051, 0.062, -0.058), (0.054, 0.078, -0.062),
-            (0.060, 0.086, -0.070), (0.066, 0.089, -0.083), (0.071, 0.088, -0.094),
-            (0.074, 0.086, -0.100), (0.075, 0.085, -0.103))
+_PROFILE = (
+  (0.053, 0.036, -0.058),
+  (0.051, 0.036, -0.057),
+  (0.050, 0.038, -0.056),
+  (0.050, 0.045, -0.057),
+  (0.051, 0.062, -0.058),
+  (0.054, 0.078, -0.062),
+  (0.060, 0.086, -0.070),
+  (0.066, 0.089, -0.083),
+  (0.071, 0.088, -0.094),
+  (0.074, 0.086, -0.100),
+  (0.075, 0.085, -0.103),
+)
 
 
 def _smoothstep(edge0, edge1, x):
@@ -81,15 +90,18 @@ def _warped(lo: float, hi: float, n: int, density, endpoint: bool) -> np.ndarray
 
 # ------------------------------------------------------------------------------------- the surface
 
+
 def _rows() -> tuple[np.ndarray, np.ndarray]:
   """Rings from the neck bottom to just below the crown: y [R] and (half width, front z, back z) [R, 3]."""
-  lower = _warped(NECK_BOTTOM, SKULL_CENTRE_Y, 42, lambda y: 0.45 + 2.2 * _smoothstep(-0.125, -0.105, y),
-                  endpoint=False)
+  lower = _warped(
+    NECK_BOTTOM, SKULL_CENTRE_Y, 42, lambda y: 0.45 + 2.2 * _smoothstep(-0.125, -0.105, y), endpoint=False
+  )
   lower[np.argmin(np.abs(lower - MOUTH_Y))] = MOUTH_Y
   theta = _warped(0.0, np.pi / 2, 24, lambda t: 1.0 + 3.5 * (1 - _smoothstep(0.35, 0.75, t)), endpoint=True)[:-1]
   hx, hy, hzf, hzb = SKULL_HALF
-  upper = np.stack([hx * np.cos(theta), SKULL_CENTRE_Z + hzf * np.cos(theta),
-                    SKULL_CENTRE_Z - hzb * np.cos(theta)], axis=1)
+  upper = np.stack(
+    [hx * np.cos(theta), SKULL_CENTRE_Z + hzf * np.cos(theta), SKULL_CENTRE_Z - hzb * np.cos(theta)], axis=1
+  )
   profile = PchipInterpolator(_PROFILE_Y, np.asarray(_PROFILE), axis=0)(lower)
   return (np.concatenate([lower, SKULL_CENTRE_Y + hy * np.sin(theta)]), np.concatenate([profile, upper]))
 
@@ -137,19 +149,21 @@ def _face_relief(x, y, z, phi):
   front = _smoothstep(0.15, 0.6, np.cos(phi))
   lip = np.clip(1 - (ax / 0.028) ** 2, 0.0, 1.0)  # lips taper to the corners
   eye_dx, eye_dy = ax - EYE_CENTRE[0], y - EYE_CENTRE[1]
-  dz = (_nose(x, y)
-        + 0.006 * _gauss(y - 0.049, 0.007) * (1 - _smoothstep(0.045, 0.068, ax))  # brow ridge
-        - 0.011 * _gauss(eye_dx, 0.017) * _gauss(eye_dy, 0.012)  # sockets
-        + 0.0025 * _gauss(eye_dx, 0.009) * _gauss(eye_dy - 0.0095, 0.0025)  # upper lid folds
-        - 0.009 * (1 - _smoothstep(0.85, 1.05, _eye_rho(x, y)))  # eye openings
-        + 0.005 * _gauss(ax - 0.046, 0.012) * _gauss(y - 0.001, 0.014)  # cheekbones
-        + 0.0062 * lip ** 0.7 * _gauss(y - (MOUTH_Y + 0.0045 + 0.0015 * lip), 0.0040)  # upper lip
-        + 0.0065 * lip ** 0.7 * _gauss(y - (MOUTH_Y - 0.0055 - 0.002 * lip), 0.0046)  # lower lip
-        - 0.0025 * lip ** 0.5 * _gauss(y - MOUTH_Y, 0.0018)  # the line between the lips
-        - 0.0012 * _gauss(x, 0.0025) * _gauss(y - (MOUTH_Y + 0.014), 0.005)  # philtrum
-        - 0.003 * _gauss(ax - 0.026, 0.004) * _gauss(y - MOUTH_Y, 0.005)  # mouth corners
-        - 0.0035 * _gauss(y - (MOUTH_Y - 0.018), 0.004) * (1 - _smoothstep(0.014, 0.03, ax))  # chin fold
-        + 0.006 * _gauss(x, 0.014) * _gauss(y + 0.082, 0.009))  # chin
+  dz = (
+    _nose(x, y)
+    + 0.006 * _gauss(y - 0.049, 0.007) * (1 - _smoothstep(0.045, 0.068, ax))  # brow ridge
+    - 0.011 * _gauss(eye_dx, 0.017) * _gauss(eye_dy, 0.012)  # sockets
+    + 0.0025 * _gauss(eye_dx, 0.009) * _gauss(eye_dy - 0.0095, 0.0025)  # upper lid folds
+    - 0.009 * (1 - _smoothstep(0.85, 1.05, _eye_rho(x, y)))  # eye openings
+    + 0.005 * _gauss(ax - 0.046, 0.012) * _gauss(y - 0.001, 0.014)  # cheekbones
+    + 0.0062 * lip**0.7 * _gauss(y - (MOUTH_Y + 0.0045 + 0.0015 * lip), 0.0040)  # upper lip
+    + 0.0065 * lip**0.7 * _gauss(y - (MOUTH_Y - 0.0055 - 0.002 * lip), 0.0046)  # lower lip
+    - 0.0025 * lip**0.5 * _gauss(y - MOUTH_Y, 0.0018)  # the line between the lips
+    - 0.0012 * _gauss(x, 0.0025) * _gauss(y - (MOUTH_Y + 0.014), 0.005)  # philtrum
+    - 0.003 * _gauss(ax - 0.026, 0.004) * _gauss(y - MOUTH_Y, 0.005)  # mouth corners
+    - 0.0035 * _gauss(y - (MOUTH_Y - 0.018), 0.004) * (1 - _smoothstep(0.014, 0.03, ax))  # chin fold
+    + 0.006 * _gauss(x, 0.014) * _gauss(y + 0.082, 0.009)
+  )  # chin
   ears = 0.013 * _gauss(y - 0.008, 0.016) * _gauss(z + 0.012, 0.011) * _smoothstep(0.6, 0.9, np.abs(np.sin(phi)))
   return np.stack([np.sign(x) * ears, np.zeros_like(x), dz * front], axis=1)
 
@@ -174,15 +188,18 @@ def _ellipsoid(centre, half_axes, segments: int, polar: np.ndarray) -> np.ndarra
   """A front pole (+z) then rings at polar angles `polar` (radians) on an ellipsoid -> [N, 3]."""
   beta = 2 * np.pi * np.arange(segments) / segments
   rings = [np.array([[0.0, 0.0, 1.0]])]
-  rings += [np.stack([np.sin(a) * np.cos(beta), np.sin(a) * np.sin(beta), np.full(segments, np.cos(a))], 1)
-            for a in polar]
+  rings += [
+    np.stack([np.sin(a) * np.cos(beta), np.sin(a) * np.sin(beta), np.full(segments, np.cos(a))], 1) for a in polar
+  ]
   return np.asarray(centre) + np.concatenate(rings) * np.asarray(half_axes)
 
 
 def _ellipsoid_faces(start: int, segments: int, num_rings: int, back_pole: bool) -> list[tuple[int, int, int]]:
   """Triangles of `_ellipsoid` points numbered from `start` (and of a back pole after them)."""
+
   def ring(k, j):
     return start + 1 + k * segments + j % segments
+
   faces = [(start, ring(0, j), ring(0, j + 1)) for j in range(segments)]
   for k in range(num_rings - 1):
     for j in range(segments):
@@ -214,11 +231,11 @@ def _eval_bumps(bumps, points: np.ndarray) -> np.ndarray:
 class _Head:
   """The skin surface: ring grid (row-major), crown pole, then the lower lip's copies of the slit."""
 
-  points: np.ndarray      # [N, 3] rest positions, relief included
-  phi: np.ndarray         # [N] azimuth of each point's column (pi for the pole)
-  faces: list             # triangles over `points` ids
-  ring_y: np.ndarray      # [R] heights of the rings
-  ids: np.ndarray         # [R, C] grid ids
+  points: np.ndarray  # [N, 3] rest positions, relief included
+  phi: np.ndarray  # [N] azimuth of each point's column (pi for the pole)
+  faces: list  # triangles over `points` ids
+  ring_y: np.ndarray  # [R] heights of the rings
+  ids: np.ndarray  # [R, C] grid ids
   upper_edge: np.ndarray  # [K] the upper lip's edge along the slit
   lower_edge: np.ndarray  # [K] the lower lip's copies of them (same rest positions)
 
@@ -271,8 +288,9 @@ def _skinning(head: _Head, num_vertices: int, eyes: list, tongue: np.ndarray, eq
   for joint, level in ((0, -0.15), (1, -0.112)):  # ring centroids, each vertex weighted by its arc
     ring = head.ids[np.argmin(np.abs(head.ring_y - level))]
     points = head.points[ring]
-    arc = (np.linalg.norm(points - np.roll(points, 1, 0), axis=1)
-           + np.linalg.norm(points - np.roll(points, -1, 0), axis=1))
+    arc = np.linalg.norm(points - np.roll(points, 1, 0), axis=1) + np.linalg.norm(
+      points - np.roll(points, -1, 0), axis=1
+    )
     regressor[joint, ring] = arc / arc.sum()
   # The jaw hinge: the two sides of the head below the ears (a mirror pair of columns).
   jaw_ring = head.ids[np.argmin(np.abs(head.ring_y + 0.004))]
@@ -283,8 +301,15 @@ def _skinning(head: _Head, num_vertices: int, eyes: list, tongue: np.ndarray, eq
   return weights, regressor
 
 
-def _expressions(rng: np.random.Generator, head: _Head, num_vertices: int, tongue: np.ndarray,
-                 tongue_centre: np.ndarray, tongue_half: np.ndarray, points: np.ndarray) -> np.ndarray:
+def _expressions(
+  rng: np.random.Generator,
+  head: _Head,
+  num_vertices: int,
+  tongue: np.ndarray,
+  tongue_centre: np.ndarray,
+  tongue_half: np.ndarray,
+  points: np.ndarray,
+) -> np.ndarray:
   """Expression directions [V, 3, 50], per unit; components 0-5 as spec.EXPRESSION_COMPONENTS."""
   hx, hy, _ = head.points.T
   ax, sx = np.abs(hx), np.sign(hx)
@@ -296,11 +321,14 @@ def _expressions(rng: np.random.Generator, head: _Head, num_vertices: int, tongu
   lower = np.where(side < 0, 1.0, np.where(side > 0, 0.0, 0.5)) * _gauss(hy - MOUTH_Y, 0.008) * mouth
   lips = _gauss(hy - MOUTH_Y, 0.010) * mouth
   corners = lips * _smoothstep(0.0, MOUTH_HALF_WIDTH, ax)
-  brows = ((1 - _smoothstep(0.045, 0.07, ax)) * front
-           * np.where(hy >= 0.047, _gauss(hy - 0.047, 0.03), _gauss(hy - 0.047, 0.009)))
+  brows = (
+    (1 - _smoothstep(0.045, 0.07, ax))
+    * front
+    * np.where(hy >= 0.047, _gauss(hy - 0.047, 0.03), _gauss(hy - 0.047, 0.009))
+  )
   zero = np.zeros_like(hx)
   expr = np.zeros((num_vertices, 3, NUM_EXPRESSION))
-  skin = expr[:hx.size]
+  skin = expr[: hx.size]
   skin[:, :, 0] = np.stack([zero, -0.0007 * upper + 0.0009 * lower, -0.0004 * (upper + lower)], 1)
   skin[:, :, 1] = np.stack([-0.0018 * sx * corners, 0.0002 * (upper - lower), 0.0012 * lips], 1)
   skin[:, :, 2] = np.stack([0.0015 * sx * corners, 0.0003 * corners, -0.0005 * lips], 1)
@@ -312,14 +340,16 @@ def _expressions(rng: np.random.Generator, head: _Head, num_vertices: int, tongu
   # The tongue's tip reaches forward and up between the lips, getting narrower and thinner.
   blob = points[tongue]
   tip = _smoothstep(tongue_centre[2] - tongue_half[2], tongue_centre[2] + tongue_half[2], blob[:, 2])
-  expr[tongue, :, 4] = np.stack([-0.1 * blob[:, 0] * tip, (0.0015 + 0.12 * (tongue_centre[1] - blob[:, 1])) * tip,
-                                 0.0035 * tip], 1)
+  expr[tongue, :, 4] = np.stack(
+    [-0.1 * blob[:, 0] * tip, (0.0015 + 0.12 * (tongue_centre[1] - blob[:, 1])) * tip, 0.0035 * tip], 1
+  )
   return expr
 
 
 def _identity(rng: np.random.Generator, head: _Head, num_vertices: int, rigid_parts: list) -> np.ndarray:
   """Identity directions [V, 3, NUM_SHAPE]; rigid parts (id array, centre) move with the field at
   their centre, so eyeballs stay round."""
+
   def below(p, lo, hi):
     return 1 - _smoothstep(lo, hi, p[:, 1])
 
@@ -333,18 +363,18 @@ def _identity(rng: np.random.Generator, head: _Head, num_vertices: int, rigid_pa
     return _gauss(p[:, 0], 0.016) * _gauss(p[:, 1] + 0.085, 0.012) * fronted(p)
 
   fields = [
-      lambda p: along(p, dx=0.04 * p[:, 0]),  # head width
-      lambda p: along(p, dy=-0.004 * below(p, -0.1, 0.03)),  # face length
-      lambda p: along(p, dz=0.035 * p[:, 2]),  # head depth
-      lambda p: along(p, dz=0.35 * _nose(p[:, 0], p[:, 1]) * fronted(p)),  # nose size
-      lambda p: along(p, dy=-0.001 * chin(p), dz=0.004 * chin(p)),  # chin
-      lambda p: along(p, dx=0.06 * p[:, 0] * below(p, -0.09, -0.03) * _smoothstep(-0.12, -0.10, p[:, 1])),  # jaw
+    lambda p: along(p, dx=0.04 * p[:, 0]),  # head width
+    lambda p: along(p, dy=-0.004 * below(p, -0.1, 0.03)),  # face length
+    lambda p: along(p, dz=0.035 * p[:, 2]),  # head depth
+    lambda p: along(p, dz=0.35 * _nose(p[:, 0], p[:, 1]) * fronted(p)),  # nose size
+    lambda p: along(p, dy=-0.001 * chin(p), dz=0.004 * chin(p)),  # chin
+    lambda p: along(p, dx=0.06 * p[:, 0] * below(p, -0.09, -0.03) * _smoothstep(-0.12, -0.10, p[:, 1])),  # jaw
   ]
   smooth = _bumps(rng, NUM_SHAPE - len(fields), (0.03, 0.05), 0.002)
   fields += [lambda p, k=k: _eval_bumps(smooth, p)[:, :, k] for k in range(NUM_SHAPE - len(fields))]
   out = np.zeros((num_vertices, 3, NUM_SHAPE))
   for k, field in enumerate(fields):
-    out[:head.points.shape[0], :, k] = field(head.points)
+    out[: head.points.shape[0], :, k] = field(head.points)
     for part, centre in rigid_parts:
       out[part, :, k] = field(centre[None])
   return out
@@ -358,7 +388,7 @@ def _eyelids(head: _Head, num_vertices: int, rho: np.ndarray, eye_centres: list)
     reach = (EYE_RADIUS + 0.0013) ** 2 - (hx - centre[0]) ** 2 - (hy - centre[1]) ** 2
     lid_z = centre[2] + np.sqrt(np.maximum(reach, 0.0))
     mine = (np.sign(hx) == np.sign(centre[0])) & (reach > 0)
-    out[k, :hx.size, 2] = np.where(mine, np.maximum(lid_z - hz, 0.0), 0.0) * (1 - _smoothstep(1.0, 1.35, rho))
+    out[k, : hx.size, 2] = np.where(mine, np.maximum(lid_z - hz, 0.0), 0.0) * (1 - _smoothstep(1.0, 1.35, rho))
   return out
 
 
@@ -381,8 +411,12 @@ def standin_arrays() -> dict[str, np.ndarray]:
   for sign in (1.0, -1.0):  # left eye (+x) first, as FLAME's joint 3
     rim = (sign * head.points[:, 0] > 0) & (rho > 1.15) & (rho < 1.45)
     centre = np.array([sign * EYE_CENTRE[0], EYE_CENTRE[1], head.points[rim, 2].mean() - 0.0008 - EYE_RADIUS])
-    eyes.append(add(_ellipsoid(centre, (EYE_RADIUS,) * 3, segments, polar),
-                    lambda start: _ellipsoid_faces(start, segments, polar.size, back_pole=False)))
+    eyes.append(
+      add(
+        _ellipsoid(centre, (EYE_RADIUS,) * 3, segments, polar),
+        lambda start: _ellipsoid_faces(start, segments, polar.size, back_pole=False),
+      )
+    )
     eye_centres.append(centre)
     equators.append(eyes[-1][1 + int(np.argmin(np.abs(polar - np.pi / 2))) * segments + np.arange(segments)])
 
@@ -391,9 +425,12 @@ def standin_arrays() -> dict[str, np.ndarray]:
   tongue_centre = np.array([0.0, MOUTH_Y - 0.0045, slit_z - 0.0115])
   tongue_half = np.array([0.0125, 0.0038, 0.0095])
   tongue_polar = np.linspace(0, np.pi, 7)[1:-1]
-  tongue = add(np.concatenate([_ellipsoid(tongue_centre, tongue_half, 10, tongue_polar),
-                               [tongue_centre - [0, 0, tongue_half[2]]]]),
-               lambda start: _ellipsoid_faces(start, 10, tongue_polar.size, back_pole=True))
+  tongue = add(
+    np.concatenate(
+      [_ellipsoid(tongue_centre, tongue_half, 10, tongue_polar), [tongue_centre - [0, 0, tongue_half[2]]]]
+    ),
+    lambda start: _ellipsoid_faces(start, 10, tongue_polar.size, back_pole=True),
+  )
 
   vertices = np.concatenate(parts)
   num_vertices = vertices.shape[0]
@@ -403,19 +440,24 @@ def standin_arrays() -> dict[str, np.ndarray]:
   eyelids = _eyelids(head, num_vertices, rho, eye_centres)
   hy, cos_phi = head.points[:, 1], np.cos(head.phi)
   regions = {
-      "lips": np.flatnonzero((cos_phi > 0.5) & (np.abs(head.points[:, 0]) < 0.028) & (np.abs(hy - MOUTH_Y) < 0.011)),
-      "upper_face": np.flatnonzero((cos_phi > 0.45) & (hy > 0.016) & (hy < 0.085)),
-      "eyes": np.concatenate(eyes),
-      "tongue": tongue,
+    "lips": np.flatnonzero((cos_phi > 0.5) & (np.abs(head.points[:, 0]) < 0.028) & (np.abs(hy - MOUTH_Y) < 0.011)),
+    "upper_face": np.flatnonzero((cos_phi > 0.45) & (hy > 0.016) & (hy < 0.085)),
+    "eyes": np.concatenate(eyes),
+    "tongue": tongue,
   }
   arrays = {
-      "v_template": vertices, "f": np.asarray(faces), "num_shape": np.asarray(NUM_SHAPE),
-      "shapedirs": np.concatenate([identity, expressions], axis=-1),
-      "posedirs": np.zeros((num_vertices, 3, flame.NUM_POSE_FEATURES)),  # no learned pose correctives
-      "J_regressor": regressor, "weights": weights,
-      "kintree_table": np.array([flame.PARENTS, range(len(flame.PARENTS))]),
-      "l_eyelid": eyelids[0], "r_eyelid": eyelids[1], "standin_version": np.asarray(VERSION),
-      **{f"region_{name}": index for name, index in regions.items()},
+    "v_template": vertices,
+    "f": np.asarray(faces),
+    "num_shape": np.asarray(NUM_SHAPE),
+    "shapedirs": np.concatenate([identity, expressions], axis=-1),
+    "posedirs": np.zeros((num_vertices, 3, flame.NUM_POSE_FEATURES)),  # no learned pose correctives
+    "J_regressor": regressor,
+    "weights": weights,
+    "kintree_table": np.array([flame.PARENTS, range(len(flame.PARENTS))]),
+    "l_eyelid": eyelids[0],
+    "r_eyelid": eyelids[1],
+    "standin_version": np.asarray(VERSION),
+    **{f"region_{name}": index for name, index in regions.items()},
   }
   return {k: v.astype(np.float32 if v.dtype.kind == "f" else np.int32) for k, v in arrays.items()}
 

@@ -60,11 +60,11 @@ FORMATS = ("auto", "jamflow", "vhap", "emoca")
 _FPS_KEYS = ("fps", "frame_rate")
 _VHAP_KEYS = {"expression": "expr", "jaw": "jaw_pose", "neck": "neck_pose", "global_rot": "rotation"}
 _EMOCA_KEYS = {
-    "expression": ("exp", "expcode", "expression_params", "expression", "expr"),
-    "jaw": ("jaw", "jaw_pose", "jawpose", "jaw_params"),
-    "neck": ("neck", "neck_pose", "neck_pose_params"),
-    "global_rot": ("global_rot", "global_pose", "global_orient", "pose_params", "rotation"),
-    "eyelids": ("eyelids", "eyelid_params"),
+  "expression": ("exp", "expcode", "expression_params", "expression", "expr"),
+  "jaw": ("jaw", "jaw_pose", "jawpose", "jaw_params"),
+  "neck": ("neck", "neck_pose", "neck_pose_params"),
+  "global_rot": ("global_rot", "global_pose", "global_orient", "pose_params", "rotation"),
+  "eyelids": ("eyelids", "eyelid_params"),
 }
 _POSE_KEYS = ("pose", "posecode")
 
@@ -96,9 +96,11 @@ def detect_format(keys, path: str = "motion file") -> str:
     return "vhap"
   if keys & set(_EMOCA_KEYS["expression"]):
     return "emoca"
-  raise TrackError(f"{path}: cannot tell the tracker format from keys {sorted(keys)}: expected `motion` "
-                   f"(jamflow), {sorted(_VHAP_KEYS.values())} (vhap), or one of "
-                   f"{list(_EMOCA_KEYS['expression'])} (emoca/spectre/smirk)")
+  raise TrackError(
+    f"{path}: cannot tell the tracker format from keys {sorted(keys)}: expected `motion` "
+    f"(jamflow), {sorted(_VHAP_KEYS.values())} (vhap), or one of "
+    f"{list(_EMOCA_KEYS['expression'])} (emoca/spectre/smirk)"
+  )
 
 
 def _array(path: str, data, key: str) -> np.ndarray:
@@ -128,8 +130,10 @@ def _rotation(path: str, key: str, value: np.ndarray) -> np.ndarray:
     return rotations.rotation_6d_to_axis_angle(value)
   if value.shape[1:] == (3, 3):
     return rotations.matrix_to_axis_angle(value)
-  raise TrackError(f"{path}: key {key!r} has shape {value.shape}, expected a rotation per frame: "
-                   "[T, 3] axis-angle, [T, 6] 6D or [T, 3, 3] matrix")
+  raise TrackError(
+    f"{path}: key {key!r} has shape {value.shape}, expected a rotation per frame: "
+    "[T, 3] axis-angle, [T, 6] 6D or [T, 3, 3] matrix"
+  )
 
 
 def _vector(path: str, key: str, value: np.ndarray, size: int, notes: list[str], pad: bool) -> np.ndarray:
@@ -161,8 +165,10 @@ def _frame_rate(path: str, data) -> float | None:
 def _read_jamflow(path: str, data, spec: MotionSpec) -> tuple[np.ndarray, list[str]]:
   motion = _array(path, data, "motion")
   if motion.ndim != 2 or motion.shape[1] != spec.dim:
-    raise TrackError(f"{path}: key 'motion' has shape {motion.shape}, expected [T, {spec.dim}] "
-                     f"({' | '.join(f'{n}[{s}]' for n, s in spec.parts)})")
+    raise TrackError(
+      f"{path}: key 'motion' has shape {motion.shape}, expected [T, {spec.dim}] "
+      f"({' | '.join(f'{n}[{s}]' for n, s in spec.parts)})"
+    )
   return motion, []
 
 
@@ -174,15 +180,18 @@ def _pick(path: str, keys: set[str], aliases: tuple[str, ...]) -> str | None:
   return present[0] if present else None
 
 
-def _read_parts(path: str, data, keys: dict[str, str | None], pose_key: str | None,
-                spec: MotionSpec) -> tuple[np.ndarray, list[str]]:
+def _read_parts(
+  path: str, data, keys: dict[str, str | None], pose_key: str | None, spec: MotionSpec
+) -> tuple[np.ndarray, list[str]]:
   """Assembles [T, D] from per-part keys (None = absent) and an optional combined `pose` key."""
   notes, parts, sources = [], {}, {}
   if pose_key is not None:  # read first, so explicit jaw/global keys below overwrite its halves
     pose = _array(path, data, pose_key)
     if pose.shape[1:] not in ((6,), (12,)):
-      raise TrackError(f"{path}: key {pose_key!r} has shape {pose.shape}, expected [T, 6] (global | jaw "
-                       "axis-angle, DECA/EMOCA/SPECTRE) or [T, 12] (global | jaw 6D)")
+      raise TrackError(
+        f"{path}: key {pose_key!r} has shape {pose.shape}, expected [T, 6] (global | jaw "
+        "axis-angle, DECA/EMOCA/SPECTRE) or [T, 12] (global | jaw 6D)"
+      )
     half = pose.shape[1] // 2
     parts["global_rot"] = _rotation(path, pose_key, pose[:, :half])
     parts["jaw"] = _rotation(path, pose_key, pose[:, half:])
@@ -255,8 +264,9 @@ def to_motion_fps(motion: np.ndarray, src_fps: float, spec: MotionSpec = MOTION_
   return spec.join(parts, next(iter(parts.values())).shape[0])
 
 
-def load_motion(path: str | os.PathLike, fmt: str = "auto", default_fps: float | None = None,
-                spec: MotionSpec = MOTION_SPEC) -> tuple[np.ndarray, Track]:
+def load_motion(
+  path: str | os.PathLike, fmt: str = "auto", default_fps: float | None = None, spec: MotionSpec = MOTION_SPEC
+) -> tuple[np.ndarray, Track]:
   """Reads a tracker file and converts it to spec.fps: (motion [T', D] float32, the Track as read).
 
   The file's own frame rate wins over `default_fps`; MissingFrameRateError if neither exists.
@@ -265,6 +275,7 @@ def load_motion(path: str | os.PathLike, fmt: str = "auto", default_fps: float |
   fps = track.fps if track.fps is not None else default_fps
   if fps is None:
     raise MissingFrameRateError(
-        f"{os.fspath(path)}: the {track.format} file stores no frame rate (no {' or '.join(_FPS_KEYS)} key); "
-        "give the tracker's frame rate with --motion_fps")
+      f"{os.fspath(path)}: the {track.format} file stores no frame rate (no {' or '.join(_FPS_KEYS)} key); "
+      "give the tracker's frame rate with --motion_fps"
+    )
   return to_motion_fps(track.motion, fps, spec), track
