@@ -9,7 +9,10 @@ setup(
   long_description=open("README.md", encoding="utf-8").read(),
   long_description_content_type="text/markdown",
   python_requires=">=3.11",
-  packages=find_packages(include=["jamflow_jax", "jamflow_jax.*", "data_pipelines", "data_pipelines.*", "configs"]),
+  # benchmarks, launch: `python -m benchmarks.NAME` and `python launch/tpu_compile.py` find each other.
+  packages=find_packages(
+    include=["jamflow_jax", "jamflow_jax.*", "data_pipelines", "data_pipelines.*", "configs", "benchmarks", "launch"]
+  ),
   package_data={"data_pipelines": ["sentences.txt"]},
   # Ranges tested on Python 3.11 (CPU: jax 0.10.2; GPU machines carry jax 0.11.x).
   install_requires=[

@@ -148,9 +148,11 @@ def main(argv):
     jax.local_device_count(),
     jax.device_count(),
   )
-  # Every check that needs the devices, for every mode, before any of them starts.
-  config_lib.validate(config, jax.device_count(), jax.devices()[0].platform)
-  if _MODE.value == "train":
+  # The checks that need the devices, before any mode starts: the platform for every mode, the mesh for
+  # training (sampling and evaluation run on each process' first device).
+  training = _MODE.value == "train"
+  config_lib.validate(config, jax.device_count() if training else None, jax.devices()[0].platform)
+  if training:
     source, validation = sources.for_training(config)
     train.train(config, _WORKDIR.value, source, validation)
   elif _MODE.value == "sample":

@@ -8,7 +8,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("jamflow_jax", "data_pipelines", "configs")
-LEAVES = ("jamflow_jax.errors", "jamflow_jax.choices", "jamflow_jax.tasks")
+LEAVES = ("jamflow_jax.errors", "jamflow_jax.choices", "jamflow_jax.tasks", "jamflow_jax.axes")
 ENTRY_POINT = "jamflow_jax.main"  # wires the data pipelines to the library (the composition root)
 
 

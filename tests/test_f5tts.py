@@ -387,6 +387,7 @@ def test_vocab_config_checks(tmp_path):
 def test_init_layout_checks(tmp_path):
   config = _small_config("base")
   config.model.text_vocab_size = 256
+  config.data.source = "synthetic"  # 12 mel bins: no speech corpus has them
   config.train.init_from = str(tmp_path / "missing.safetensors")
   with pytest.raises(ConfigError, match="train.init_from=.*missing.safetensors': no such file"):
     validate(config, 8)
