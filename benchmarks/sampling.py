@@ -44,6 +44,7 @@ def _conditions(config, seconds: float) -> Conditions:
   text[0, : int(seconds * 15)] = rng.integers(97, 123, int(seconds * 15))
   return Conditions(
     text=text,
+    text_given=np.ones(1, bool),
     audio=rng.normal(size=(1, ta, config.model.mel_dim)).astype(np.float32),
     audio_given=(np.arange(ta) < fps)[None],
     audio_valid=np.ones((1, ta), bool),

@@ -28,9 +28,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from jamflow_jax import paths, sharding
-from jamflow_jax.errors import CheckpointError, ConfigError
+from jamflow_jax.errors import CheckpointError, ConfigError, InputError
 from jamflow_jax.model import layer_stack
 
 ITEMS = ("state", "data", "config", "integrity")
@@ -83,6 +84,16 @@ def fingerprint(tree: Any) -> tuple[dict[str, str], list[str]]:
   )
 
 
+def model_differences(saved: dict, current: dict) -> list[str]:
+  """'key: saved -> current' for every model.* setting (JSON dicts) that changes what the weights
+  compute. How it is computed may change (attention kernel, remat, layer layout); options newer than
+  the save default to the behaviour it was made with, so only the saved keys are compared."""
+  how = lambda k: k.startswith("attention_") or k in ("remat", "remat_policy", "scan_layers")
+  return [
+    f"{k}: {saved[k]!r} -> {current.get(k)!r}" for k in sorted(saved) if not how(k) and saved[k] != current.get(k)
+  ]
+
+
 def _json_digest(value: Any) -> str:
   return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
@@ -96,7 +107,7 @@ def _everywhere(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
-def _one_line(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
   """The error on one line; a long one keeps its start (what failed) and its end (the OS's reason)."""
   text = " ".join(str(error).split())
   if len(text) > 500:
@@ -118,6 +129,14 @@ def _ignore_late_io_callbacks() -> None:
 
   hook.ignores_closed_loop = True
   sys.unraisablehook = hook
+
+
+def checkpoints_dir(workdir: epath.Path) -> epath.Path:
+  """DIR/checkpoints of a run to read from; InputError when DIR has none (nothing is created)."""
+  directory = workdir / "checkpoints"
+  if not directory.is_dir():
+    raise InputError(f"{workdir}: no checkpoints/ directory; train into this --workdir first")
+  return directory
 
 
 class Checkpointer:
@@ -191,7 +210,7 @@ class Checkpointer:
     self.manager.reload()
     kept = [s for s in self.manager.all_steps() if s != step and (self.directory / str(s)).exists()]
     return CheckpointError(
-      f"saving step {step} to {self.directory} failed ({_one_line(error)}); "
+      f"saving step {step} to {self.directory} failed ({describe(error)}); "
       + (f"checkpoints {', '.join(map(str, sorted(kept)))} are in place" if kept else "no earlier checkpoint")
       + "; fix the cause (e.g. free disk space) and re-run the same command to resume"
     )
@@ -199,15 +218,11 @@ class Checkpointer:
   def _check_model(self, step: int) -> dict:
     """The config saved with `step`; ConfigError if it holds a model of other model.* settings."""
     saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-    # These say how the model is computed, not what: a run may resume with another attention kernel,
-    # remat policy or layer layout. Options newer than the checkpoint default to the behaviour it
-    # was trained with.
-    how = lambda k: k.startswith("attention_") or k in ("remat", "remat_policy", "scan_layers")
-    changed = sorted(k for k in saved["model"] if not how(k) and saved["model"][k] != self.config_json["model"].get(k))
+    changed = model_differences(saved["model"], self.config_json["model"])
     if changed:
       raise ConfigError(
         f"{self.directory} holds a model trained with other model.* settings ("
-        + ", ".join(f"{k}: {saved['model'].get(k)!r} -> {self.config_json['model'].get(k)!r}" for k in changed)
+        + ", ".join(changed)
         + "); use another --workdir or the saved settings"
       )
     return saved
@@ -307,7 +322,7 @@ class Checkpointer:
       failure = e
     # Every process agrees before the fingerprint, itself a collective.
     if not _everywhere(failure is None):
-      raise CheckpointError(f"{where}: " + (_one_line(failure) if failure else "unreadable on another process"))
+      raise CheckpointError(f"{where}: " + (describe(failure) if failure else "unreadable on another process"))
     leaves, nonfinite = fingerprint(tree)
     if nonfinite:
       raise CheckpointError(f"{where}/state: non-finite values in {', '.join(nonfinite[:3])}")

@@ -14,7 +14,10 @@ DTYPES = ("float32", "bfloat16")  # model.dtype
 # model.remat_policy (jamflow_jax.model.layer_stack maps each to a jax.checkpoint policy).
 REMAT_POLICIES = ("none", "full", "save_dots", "save_dots_no_batch", "save_qkv_proj", "save_attention")
 F5_LAYOUTS = ("v1", "base")  # train.init_layout: F5TTS_v1_Base | F5TTS_Base
+# model.text_null, what a withheld transcript looks like with model.text_mask_padding (model.text_encoder).
+TEXT_NULLS = ("filler", "f5")
 SOLVERS = ("euler", "midpoint")  # sample.solver
+EXPORT_FORMATS = ("orbax", "f5_safetensors")  # export.format
 TIME_SAMPLING = ("uniform", "logit_normal")  # flow.time_sampling
 SCHEDULES = ("linear", "cosine", "constant")  # optim.schedule
 DATA_SOURCES = ("", "tfds", "synthetic")  # data.source

@@ -207,8 +207,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
     )
   if not 0 < f.span_min <= f.span_max <= 1:
     raise ConfigError(f"flow.span_min={f.span_min}, flow.span_max={f.span_max}: need 0 < min <= max <= 1")
+  _choose("model.text_null", m.text_null, choices.TEXT_NULLS)
   _choose("flow.time_sampling", f.time_sampling, choices.TIME_SAMPLING)
   _choose("optim.schedule", config.optim.schedule, choices.SCHEDULES)
+  _choose("export.dtype", config.export.dtype, choices.DTYPES)
+  _choose("export.format", config.export.format, choices.EXPORT_FORMATS)
   check_sampler(config.sample.solver, config.sample.nfe)
   unknown = set(config.eval.tasks) - set(tasks.NAMES)
   if unknown or not config.eval.tasks:

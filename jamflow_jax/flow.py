@@ -17,7 +17,6 @@ from flax import struct
 
 from jamflow_jax import tasks
 from jamflow_jax.model.jamflow import FlowInputs
-from jamflow_jax.text import FILLER_ID
 
 
 @struct.dataclass
@@ -87,7 +86,7 @@ def model_inputs(
 ) -> tuple[FlowInputs, tuple[jax.Array, jax.Array]]:
   """Builds the model call and the velocity targets (x1 - x0) of both modalities.
 
-  The condition holds the data of given frames only; withheld text becomes all filler; an absent
+  The condition holds the data of given frames only; withheld text is flagged (`text_given`); an absent
   modality is marked invalid, so no token attends to it.
   """
   mel, motion = batch["mel"], batch["motion"]
@@ -95,7 +94,8 @@ def model_inputs(
   inputs = FlowInputs(
     audio_xt=(1 - tt) * noise_a + tt * mel,
     audio_cond=jnp.where(plan.audio_given[..., None], mel, 0.0),
-    text=jnp.where(plan.text_given[:, None], batch["text"], FILLER_ID),
+    text=batch["text"],
+    text_given=plan.text_given,
     audio_valid=batch["mel_valid"] & plan.audio_present[:, None],
     motion_xt=(1 - tt) * noise_m + tt * motion,
     motion_cond=jnp.where(plan.motion_given[..., None], motion, 0.0),

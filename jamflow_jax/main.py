@@ -1,4 +1,4 @@
-"""Entry point: python -m jamflow_jax.main --config=configs/base.py[:PRESET] --workdir=DIR --mode=train|sample
+"""Entry point: python -m jamflow_jax.main --config=configs/base.py[:PRESET] --workdir=DIR --mode=MODE
 
 Overrides: --config.a.b=value. Re-running the same training command with the same --workdir resumes.
 
@@ -6,6 +6,11 @@ Overrides: --config.a.b=value. Re-running the same training command with the sam
 --jobs=FILE (JSON, see README "Sampling") on DIR's latest checkpoint (EMA weights), writing
 NAME.wav / NAME.npz / NAME.mp4 / NAME.json to --out (default DIR/samples). Sampler settings are
 --config.sample.* (solver, nfe, sway, cfg_text / cfg_audio / cfg_motion, vocoder, ...).
+
+--mode=sample --export_dir=PATH (or a --workdir that is an export) samples from an export alone;
+--config is then optional (default: the export's) and --out defaults to PATH/samples.
+
+--mode=export writes DIR/export/<step>/ (config.export: use_ema, dtype, format), see jamflow_jax.export.
 
 --mode=eval scores DIR's checkpoint on the validation split (config.eval: tasks, num_examples,
 render.face_model) and writes DIR/eval/step_<N>.{json,txt} plus a rendered video and plot.
@@ -20,14 +25,15 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from data_pipelines import builtin, sources
-from jamflow_jax import cli, config as config_lib, errors, paths, train
+from jamflow_jax import cli, config as config_lib, errors, export as export_lib, paths, train
 from jamflow_jax.eval import evaluate
 from jamflow_jax.inference import Pipeline, jobs as jobs_lib
 from jamflow_jax.motion import face as face_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/base.py[:PRESET]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, TensorBoard logs and config.json go")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "what to run")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "export"], "what to run")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "--mode=sample: an export (DIR/export/<step>) to sample from")
 # --mode=sample: one job from these flags, or many from --jobs.
 _JOBS = flags.DEFINE_string("jobs", None, "JSON job file: a job object or a list of them (keys as the flags)")
 _OUT = flags.DEFINE_string("out", None, "where samples go (default: WORKDIR/samples)")
@@ -123,14 +129,16 @@ class _QuietOrbax:
   def filter(self, record) -> bool:
     if "/orbax/" in record.pathname:
       return record.levelno == pylogging.WARNING
-    return not (record.name == "asyncio" and "/orbax/" in record.getMessage())
+    # asyncio's "exception was never retrieved" for an Orbax write names its files (*.orbax-checkpoint-tmp).
+    return not (record.name == "asyncio" and "orbax" in record.getMessage())
 
 
 def main(argv):
   logging.get_absl_handler().addFilter(_QuietOrbax())  # Orbax's records and asyncio's both pass it
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = _CONFIG.value
+  export_dir = _export_dir()
+  config = _CONFIG.value if _CONFIG.value is not None else export_lib.exported_config(export_dir)
   distributed = distributed_settings()
   if _MODE.value in ("train", "eval") and not config.data.path and not config.data.source:
     # Before the distributed runtime: a first build (minutes) must not outlast its start-up timeouts.
@@ -156,7 +164,11 @@ def main(argv):
     source, validation = sources.for_training(config)
     train.train(config, _WORKDIR.value, source, validation)
   elif _MODE.value == "sample":
-    sample(config, _WORKDIR.value)
+    sample(config if _CONFIG.value is not None else None, _WORKDIR.value, export_dir)
+  elif _MODE.value == "export":
+    out = export_lib.export(_WORKDIR.value, config, step=_STEP.value)
+    if jax.process_index() == 0:
+      print(f"exported to {out}; sample: {export_lib.read_manifest(out)['sample_command']}")
   elif _MODE.value == "eval":
     evaluate.run(config, _WORKDIR.value, sources.validation_records(config, config.eval.num_examples), step=_STEP.value)
 
@@ -194,8 +206,18 @@ def _flag_job() -> dict:
     raise app.UsageError(str(e)) from None
 
 
-def sample(config, workdir: str) -> None:
-  """--mode=sample: the flag job or every job of --jobs, with progress and outputs per job.
+def _export_dir() -> str | None:
+  """The export --mode=sample reads: --export_dir, or a --workdir that is an export."""
+  if _EXPORT_DIR.value is not None:
+    return _EXPORT_DIR.value
+  if _MODE.value == "sample" and _WORKDIR.value and export_lib.is_export(_WORKDIR.value):
+    return _WORKDIR.value
+  return None
+
+
+def sample(config, workdir: str | None, export_dir: str | None = None) -> None:
+  """--mode=sample: the flag job or every job of --jobs, with progress and outputs per job;
+  from the run in `workdir`, or from the export `export_dir` (config None: the export's).
 
   Under several processes each one generates the same samples on its first local device (no
   process waits on another) and process 0 writes them.
@@ -205,8 +227,12 @@ def sample(config, workdir: str) -> None:
   for job, where in zip(jobs, wheres):  # all of them before the model loads: a bad last job fails now
     jobs_lib.check_job(job, where=where)
   base_dir = os.path.dirname(os.path.abspath(_JOBS.value)) if _JOBS.value else ""
-  out_dir = _OUT.value or paths.workdir_path(workdir) / "samples"  # local or a URL
-  pipe = Pipeline.from_workdir(workdir, config, step=_STEP.value)
+  out_dir = _OUT.value or paths.workdir_path(export_dir or workdir) / "samples"  # local or a URL
+  if export_dir is not None:
+    pipe = Pipeline.from_export(export_dir, config)
+    config = pipe.config
+  else:
+    pipe = Pipeline.from_workdir(workdir, config, step=_STEP.value)
   face = face_lib.load_configured_face(config) if config.sample.video else None
   writes = jax.process_index() == 0
   if not writes:
@@ -224,10 +250,15 @@ def sample(config, workdir: str) -> None:
 def _parse_flags(argv: list[str]) -> list[str]:
   """cli.parse_flags, then the flags every mode needs and the config checks that need no devices."""
   rest = cli.parse_flags(argv, _CONFIG)
-  for flag in (_CONFIG, _WORKDIR):
+  if _EXPORT_DIR.value is not None and _MODE.value != "sample":
+    raise cli.FlagError(f"--export_dir is for --mode=sample (here --mode={_MODE.value})")
+  # Sampling from an export needs neither: the export holds the config.
+  required = (_CONFIG, _WORKDIR) if _EXPORT_DIR.value is None else ()
+  for flag in required:
     if flag.value is None:
       raise cli.FlagError(f"--{flag.name} is required: {flags.FLAGS[flag.name].help}")
-  cli.loaded(_CONFIG, config_lib.validate)
+  if _CONFIG.value is not None:
+    cli.loaded(_CONFIG, config_lib.validate)
   return rest
 
 

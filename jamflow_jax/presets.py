@@ -39,6 +39,9 @@ def _base() -> ml_collections.ConfigDict:
   m.text_vocab_size = 256  # embedding rows: the tokenizer's ids, id 0 the filler
   m.text_vocab = ""  # empty: built-in Latin-1 ids (jamflow_jax.text); else an F5-TTS vocab.txt
   m.text_mask_padding = False  # zero the text features at filler positions (F5TTS_v1_Base)
+  # A withheld transcript (CFG), with text_mask_padding: filler = all filler, every position zeroed |
+  # f5 = F5-TTS's: the transcript's positions keep the filler embedding (its padding mask is kept)
+  m.text_null = "filler"
   m.text_dim = 512
   m.text_conv_layers = 4  # ConvNeXtV2 blocks of the text encoder
   m.conv_pos_kernel = 31
@@ -53,6 +56,9 @@ def _base() -> ml_collections.ConfigDict:
   m.attention_backend = "auto"  # pallas lowering: auto (from the devices) | triton | mosaic_tpu | interpret
   m.attention_block_q = 0  # pallas query / key block sizes; 0 = the backend's default
   m.attention_block_k = 0
+  # F5TTS_v1_Base's attn_mask_enabled=False: valid frames also read the padded frames of their batch
+  # (attention keys, convolutional positions). Only for exact parity with F5-TTS on padded batches.
+  m.attend_padding = False
   m.dtype = "bfloat16"  # compute dtype; parameters stay float32
   m.scan_layers = True  # layers under one jax.lax.scan over the repeating joint pattern (fast
   # compiles; FSDP gathers one group's weights at a time); False: a loop
@@ -148,6 +154,11 @@ def _base() -> ml_collections.ConfigDict:
   s.use_ema = True  # sample with the EMA weights
   s.video = True  # also write NAME.mp4: the face (render.face_model) speaking NAME.wav
 
+  c.export = x = ml_collections.ConfigDict()  # --mode=export and jamflow_jax.export
+  x.use_ema = True  # export the EMA weights (False: the raw ones)
+  x.dtype = "float32"  # float32 | bfloat16
+  x.format = "orbax"  # orbax (params-only, for Pipeline.from_export) | f5_safetensors (F5-TTS's DiT)
+
   c.render = r = ml_collections.ConfigDict()  # videos of the face (sample, eval) and vertex metrics
   r.face_model = ""  # FLAME .pkl / .npz the user has; empty = the stand-in face
   r.size = 256  # video frames are size x size pixels
@@ -207,7 +218,7 @@ def _f5(c: ml_collections.ConfigDict) -> None:
   # text 512 with 4 ConvNeXt blocks, conv position 31 / 16 groups, 256 time features, RoPE 10000).
   m = c.model
   m.qk_norm = False  # F5-TTS has none; one flag for both streams, so motion goes without too
-  m.rope_heads, m.text_mask_padding = 0, True
+  m.rope_heads, m.text_mask_padding, m.text_null = 0, True, "f5"
   m.text_vocab_size = 2546  # F5's vocab.txt: 2545 tokens + the filler
   m.text_vocab = config_dict.placeholder(str)  # required: --config.model.text_vocab=/path/to/vocab.txt
 
@@ -269,3 +280,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     {"base": lambda c: None, "demo": _demo, "tiny": _tiny, "f5": _f5}[preset](c)
   return c
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A saved config (config.json of a run or an export) over its preset's defaults, so settings newer
+  than the save get their defaults and settings this version no longer has are dropped."""
+  config = get_config(saved.get("preset", "base"))
+
+  def merge(node: ml_collections.ConfigDict, values: dict) -> None:
+    for key, value in values.items():
+      if key not in node:
+        continue
+      if isinstance(node[key], ml_collections.ConfigDict) and isinstance(value, dict):
+        merge(node[key], value)
+      else:
+        node[key] = tuple(value) if isinstance(node[key], tuple) and isinstance(value, list) else value
+
+  merge(config, saved)
+  return config

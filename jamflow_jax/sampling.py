@@ -12,7 +12,7 @@ Guidance has one strength per condition c in (text, audio, motion):
   v = v(all) + sum_c w_c (v(all) - v(all but c)),
 
 so w = 0 everywhere is exactly the conditional model. The variants with one condition withheld
-(text -> filler ids, given audio / motion -> zeros, as the CFG dropout of training does) ride in
+(text -> flagged withheld, given audio / motion -> zeros, as the CFG dropout of training does) ride in
 the batch of the same model call. Frames given as condition are returned as they came, bit for bit.
 """
 
@@ -41,6 +41,7 @@ class Conditions:
   """
 
   text: jax.Array  # int32 [B, Ta] filler-padded ids (all filler: no transcript)
+  text_given: jax.Array  # bool [B] False: the transcript is withheld
   audio: jax.Array  # float32 [B, Ta, mel_dim] given mel frames (anything elsewhere)
   audio_given: jax.Array  # bool [B, Ta]
   audio_valid: jax.Array  # bool [B, Ta]
@@ -110,7 +111,7 @@ def integrate(velocity, x0, grid: jax.Array, solver: str):
 def withheld(c: Conditions, condition: str) -> Conditions:
   """The conditions with one of them withheld, as classifier-free-guidance dropout trains it."""
   if condition == "text":
-    return c.replace(text=jnp.full_like(c.text, FILLER_ID))
+    return c.replace(text_given=jnp.zeros_like(c.text_given))
   if condition == "audio":
     return c.replace(audio_given=jnp.zeros_like(c.audio_given))
   return c.replace(motion_given=jnp.zeros_like(c.motion_given))
@@ -132,6 +133,7 @@ def guided_velocity(model, c: Conditions, guided: tuple[tuple[str, float], ...])
       audio_xt=xa,
       audio_cond=jnp.where(stack.audio_given[..., None], stack.audio, 0.0),
       text=stack.text,
+      text_given=stack.text_given,
       audio_valid=stack.audio_valid,
       motion_xt=xm,
       motion_cond=jnp.where(stack.motion_given[..., None], stack.motion, 0.0),
@@ -186,7 +188,7 @@ class Sampler:
     if present is None:
       c_host = jax.device_get(c)
       present = {
-        "text": bool(np.any(c_host.text != FILLER_ID)),
+        "text": bool(np.any((c_host.text != FILLER_ID) & c_host.text_given[:, None])),
         "audio": bool(np.any(c_host.audio_given)),
         "motion": bool(np.any(c_host.motion_given)),
       }

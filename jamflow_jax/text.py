@@ -10,12 +10,12 @@ length (F5-TTS). Characters outside the vocabulary (and control characters) are 
 character and where it is, so a transcript is never silently altered.
 """
 
-import os
 import unicodedata
 from typing import Protocol
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from jamflow_jax.errors import ConfigError, TextError
 
@@ -95,8 +95,9 @@ class VocabTokenizer:
 
   def __init__(self, path: str):
     self.path = path
-    with open(path, encoding="utf-8") as f:
-      lines = [line[:-1] if line.endswith("\n") else line for line in f]
+    lines = epath.Path(path).read_text(encoding="utf-8").split("\n")
+    if lines[-1] == "":  # the newline that ends the last line
+      lines.pop()
     if not lines:
       raise TextError(f"{path}: empty vocabulary")
     self.ids = {token: i + 1 for i, token in enumerate(lines)}
@@ -124,7 +125,7 @@ def tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
     )
   if not path:
     return Latin1Tokenizer()
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise ConfigError(f"model.text_vocab={path!r}: no such file")
   try:
     return VocabTokenizer(path)

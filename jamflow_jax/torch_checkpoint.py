@@ -1,4 +1,5 @@
-"""Reading PyTorch checkpoint files into numpy arrays, without torch and without plain pickle.
+"""Reading PyTorch checkpoint files into numpy arrays, without torch and without plain pickle (and
+writing safetensors, for F5-TTS's own inference).
 
 Two formats:
 
@@ -22,6 +23,7 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+from etils import epath
 
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -195,6 +197,12 @@ _ALLOWED = {
 }
 
 
+# Protocol-2 pickles (torch.save's) name the builtins module by its Python 2 name; pickle's own
+# find_class maps it back, which this unpickler's find_class replaces. Only the module name is mapped:
+# what may be loaded is still exactly `_ALLOWED`.
+_PYTHON2_MODULES = {"__builtin__": "builtins"}
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
   """Unpickles torch's data.pkl, resolving only `_ALLOWED` globals and storage persistent ids."""
 
@@ -204,6 +212,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     self.storages: dict[str, _Storage] = {}
 
   def find_class(self, module: str, name: str):
+    module = _PYTHON2_MODULES.get(module, module)
     try:
       return _ALLOWED[(module, name)]
     except KeyError:
@@ -325,6 +334,30 @@ def load(path: str | os.PathLike) -> dict:
   raise ValueError(
     f"{path}: unknown checkpoint type {suffix!r}; expected {SAFETENSORS_SUFFIX} or one of {', '.join(TORCH_SUFFIXES)}"
   )
+
+
+def save_safetensors(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+  """{name: array} -> a .safetensors file at `path` (an epath.Path or local name): the header
+  padded with spaces to a multiple of 8 bytes, tensors in name order, little-endian."""
+  names = {np.dtype(dtype): name for name, dtype in _SAFETENSORS_DTYPES.items()}
+  header, chunks, offset = {}, [], 0
+  if metadata:
+    header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+  for name in sorted(tensors):
+    array = np.asarray(tensors[name])
+    if array.dtype not in names:
+      raise ValueError(f"{name}: no safetensors dtype for {array.dtype}")
+    data = np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
+    header[name] = {
+      "dtype": names[array.dtype],
+      "shape": list(array.shape),
+      "data_offsets": [offset, offset + len(data)],
+    }
+    chunks.append(data)
+    offset += len(data)
+  text = json.dumps(header, separators=(",", ":")).encode()
+  text += b" " * (-len(text) % 8)
+  epath.Path(path).write_bytes(struct.pack("<Q", len(text)) + text + b"".join(chunks))
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:

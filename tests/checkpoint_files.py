@@ -1,17 +1,18 @@
 """Test writers of PyTorch checkpoint files, without torch: safetensors and torch's zip format.
 
-`write_torch_zip` produces what `torch.save` writes: a zip with `<root>/data.pkl` (pickle protocol 2)
-and one `<root>/data/<key>` record per storage. The pickle names exactly torch's globals
-(`torch._utils._rebuild_tensor_v2`, `torch.FloatStorage`, `collections.OrderedDict`, ...), which
-is done by putting stand-in `torch`, `torch._utils` and `torch.storage` modules into sys.modules
-while it pickles (and only then).
+`write_safetensors` is the library's writer (its files are checked against F5-TTS's own reader in
+tests/test_f5tts_torch.py when torch is installed). `write_torch_zip` produces what `torch.save`
+writes: a zip with `<root>/data.pkl` (pickle protocol 2) and one `<root>/data/<key>` record per
+storage. The pickle names exactly torch's globals (`torch._utils._rebuild_tensor_v2`,
+`torch.FloatStorage`, `collections.OrderedDict`, ...), which is done by putting stand-in `torch`,
+`torch._utils` and `torch.storage` modules into sys.modules while it pickles (and only then).
 """
 
 import collections
+import glob
 import io
-import json
+import os
 import pickle
-import struct
 import sys
 import types
 import zipfile
@@ -20,18 +21,7 @@ from unittest import mock
 import ml_dtypes
 import numpy as np
 
-_SAFETENSORS_NAMES = {
-  np.dtype(np.float64): "F64",
-  np.dtype(np.float32): "F32",
-  np.dtype(np.float16): "F16",
-  np.dtype(ml_dtypes.bfloat16): "BF16",
-  np.dtype(np.int64): "I64",
-  np.dtype(np.int32): "I32",
-  np.dtype(np.int16): "I16",
-  np.dtype(np.int8): "I8",
-  np.dtype(np.uint8): "U8",
-  np.dtype(np.bool_): "BOOL",
-}
+from jamflow_jax.torch_checkpoint import save_safetensors as write_safetensors  # noqa: F401 (the writers' API)
 
 _STORAGE_NAMES = {
   np.dtype(np.float64): "DoubleStorage",
@@ -54,26 +44,6 @@ _V3_DTYPE_NAMES = {
   np.dtype(ml_dtypes.float8_e4m3fn): "float8_e4m3fn",
   np.dtype(ml_dtypes.float8_e5m2): "float8_e5m2",
 }
-
-
-def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:
-  """{name: array} -> a .safetensors file (header padded to 8 bytes, as the reference writer does)."""
-  header, chunks, offset = {}, [], 0
-  if metadata is not None:
-    header["__metadata__"] = metadata
-  for name, array in tensors.items():
-    data = np.ascontiguousarray(array).tobytes()
-    header[name] = {
-      "dtype": _SAFETENSORS_NAMES[array.dtype],
-      "shape": list(array.shape),
-      "data_offsets": [offset, offset + len(data)],
-    }
-    chunks.append(data)
-    offset += len(data)
-  text = json.dumps(header).encode()
-  text += b" " * (-len(text) % 8)
-  with open(path, "wb") as f:
-    f.write(struct.pack("<Q", len(text)) + text + b"".join(chunks))
 
 
 class View:
@@ -200,3 +170,22 @@ def write_zip_with_pickle(path, data_pkl: bytes, *, root: str = "archive") -> No
   with zipfile.ZipFile(path, "w") as archive:
     archive.writestr(f"{root}/data.pkl", data_pkl)
     archive.writestr(f"{root}/version", "3\n")
+
+
+def flip_bytes(path, count: int = 64) -> None:
+  """Inverts `count` bytes in the middle of the file at `path` (a damaged disk block)."""
+  size = os.path.getsize(path)
+  with open(path, "r+b") as f:
+    f.seek(size // 2)
+    chunk = f.read(count)
+    f.seek(size // 2)
+    f.write(bytes(b ^ 0x5A for b in chunk))
+
+
+def data_files(item_dir) -> list[str]:
+  """The array data files of an Orbax item directory (its OCDBT `d/` records)."""
+  return [f for f in glob.glob(f"{item_dir}/**", recursive=True) if os.path.isfile(f) and "/d/" in f]
+
+
+def largest_data_file(item_dir) -> str:
+  return max(data_files(item_dir), key=os.path.getsize)

@@ -123,14 +123,18 @@ def _rotate(t, freqs):
   return t * np.cos(freqs) + rotated * np.sin(freqs)
 
 
-def _f5_text_embed(sd, ids, mask_padding):
-  """TextEmbedding.forward on ids that are already F5's `text + 1`, filler-padded to the mel length."""
+def _f5_text_embed(sd, ids, mask_padding, drop_text=False):
+  """TextEmbedding.forward on ids that are already F5's `text + 1`, filler-padded to the mel length.
+
+  drop_text: the CFG null, as dit.py computes it (the padding mask first, then the ids zeroed)."""
+  filler = (ids == 0)[..., None]
+  if drop_text:
+    ids = np.zeros_like(ids)
   x = sd["text_embed.text_embed.weight"][ids]
   d, n = x.shape[-1], ids.shape[1]
   freqs = 1.0 / 10000.0 ** (np.arange(0, d, 2)[: d // 2] / d)
   arg = np.outer(np.arange(n), freqs)
   x = x + np.concatenate([np.cos(arg), np.sin(arg)], axis=-1)
-  filler = (ids == 0)[..., None]
   if mask_padding:
     x = np.where(filler, 0.0, x)
   i = 0
@@ -149,19 +153,28 @@ def _f5_text_embed(sd, ids, mask_padding):
   return x
 
 
-def _f5_dit(sd, x, cond, ids, t, *, heads, pe_attn_head, mask_padding):
-  """DiT.forward(x, cond, text, time) without mask or CFG drops: the velocity [B, N, mel_dim]."""
+def _f5_dit(
+  sd, x, cond, ids, t, *, heads, pe_attn_head, mask_padding, drop_text=False, drop_audio_cond=False, valid=None
+):
+  """DiT.forward(x, cond, text, time, drop_audio_cond, drop_text): the velocity [B, N, mel_dim].
+
+  valid bool [B, N]: F5's `mask` applied where its modules take one (attention keys with
+  attn_mask_enabled, ConvPositionEmbedding); None: unmasked, as F5TTS_v1_Base runs."""
+  if drop_audio_cond:
+    cond = np.zeros_like(cond)
   silu = lambda a: a / (1 + np.exp(-a))
   half = sd["time_embed.time_mlp.0.weight"].shape[1] // 2
   arg = 1000 * t[:, None] * np.exp(np.arange(half) * -(math.log(10000) / (half - 1)))[None]
   temb = np.concatenate([np.sin(arg), np.cos(arg)], axis=-1)
   temb = _linear(sd, "time_embed.time_mlp.2", silu(_linear(sd, "time_embed.time_mlp.0", temb)))
 
-  h = _linear(sd, "input_embed.proj", np.concatenate([x, cond, _f5_text_embed(sd, ids, mask_padding)], axis=-1))
+  text = _f5_text_embed(sd, ids, mask_padding, drop_text)
+  h = _linear(sd, "input_embed.proj", np.concatenate([x, cond, text], axis=-1))
   mish = lambda a: a * np.tanh(np.log1p(np.exp(a)))
   conv = "input_embed.conv_pos_embed.conv1d."
-  pos = mish(_conv1d(h, sd[conv + "0.weight"], sd[conv + "0.bias"], groups=16))
-  h = h + mish(_conv1d(pos, sd[conv + "2.weight"], sd[conv + "2.bias"], groups=16))
+  keep = np.ones(h.shape[:2] + (1,)) if valid is None else valid[..., None]
+  pos = mish(_conv1d(h * keep, sd[conv + "0.weight"], sd[conv + "0.bias"], groups=16))
+  h = h + keep * mish(_conv1d(pos * keep, sd[conv + "2.weight"], sd[conv + "2.bias"], groups=16))
 
   b, n, _ = h.shape
   dh = sd["transformer_blocks.0.attn.to_q.weight"].shape[0] // heads
@@ -178,6 +191,8 @@ def _f5_dit(sd, x, cond, ids, t, *, heads, pe_attn_head, mask_padding):
     q, k, v = (_linear(sd, p + f"attn.to_{c}", a).reshape(b, n, heads, dh).transpose(0, 2, 1, 3) for c in "qkv")
     q[:, :pn], k[:, :pn] = _rotate(q[:, :pn], freqs), _rotate(k[:, :pn], freqs)
     logits = q @ k.transpose(0, 1, 3, 2) / math.sqrt(dh)
+    if valid is not None:
+      logits = np.where(valid[:, None, None, :], logits, -np.inf)
     weights = np.exp(logits - logits.max(-1, keepdims=True))
     o = (weights / weights.sum(-1, keepdims=True)) @ v
     h = h + gate_msa * _linear(sd, p + "attn.to_out.0", o.transpose(0, 2, 1, 3).reshape(b, n, heads * dh))
@@ -200,6 +215,7 @@ def _small_config(layout="v1"):
   m.qk_norm = False
   m.mel_dim, m.text_vocab_size, m.text_conv_layers = 12, 30, 2
   m.rope_heads, m.text_mask_padding = (0, True) if layout == "v1" else (1, False)
+  m.text_null = "f5" if layout == "v1" else "filler"
   config.train.init_layout = layout
   return config
 
@@ -262,25 +278,30 @@ def test_every_f5tts_v1_base_tensor_maps_onto_the_f5_preset():
   assert model_lib.count_params(converted) == n and 330e6 < n < 340e6, n  # F5-TTS Base: ~336M
 
 
-@pytest.mark.parametrize("layout", ["v1", "base"])
-def test_audio_velocity_matches_f5tts_dit(layout):
-  config = _small_config(layout)
+def _f5_case(config, seed=2):
+  """A random batch of 2 (transcripts of 30 and 11 ids) as (x, cond, ids, t) for both models."""
   m = config.model
-  state_dict = _random_state_dict(_small_shapes(config), seed=1)
   b, ta = 2, config.data.max_mel_frames
-  tm = motion_frames(config, ta)
-  rng = np.random.default_rng(2)
+  rng = np.random.default_rng(seed)
   x, cond = rng.normal(size=(2, b, ta, m.mel_dim)).astype(np.float32)
   text = np.zeros((b, ta), np.int32)
   for row, length in enumerate((30, 11)):
     text[row, :length] = rng.integers(1, m.text_vocab_size, size=length)
-  t = np.array([0.3, 0.85], np.float32)
+  return x, cond, text, np.array([0.3, 0.85], np.float32)
+
+
+def _our_velocity(config, state_dict, x, cond, text, t, *, text_given=True, valid=None):
+  """Our audio velocity [B, Ta, mel_dim] with the audio stream converted from `state_dict`."""
+  m = config.model
+  b, ta = text.shape
+  tm = motion_frames(config, ta)
   inputs = model_lib.FlowInputs(
     audio_xt=x,
     audio_cond=cond,
     text=text,
-    audio_valid=np.ones((b, ta), bool),
-    motion_xt=rng.normal(size=(b, tm, m.motion_dim)).astype(np.float32),
+    text_given=np.full(b, text_given),
+    audio_valid=np.ones((b, ta), bool) if valid is None else valid,
+    motion_xt=np.zeros((b, tm, m.motion_dim), np.float32),
     motion_cond=np.zeros((b, tm, m.motion_dim), np.float32),
     motion_valid=np.zeros((b, tm), bool),
     t=t,
@@ -292,14 +313,74 @@ def test_audio_velocity_matches_f5tts_dit(layout):
     nnx.replace_by_pure_dict(params, f5tts.merge_params(nnx.to_pure_dict(params), converted))
     nnx.update(model, params)
     va, _ = nnx.jit(lambda model, inputs: model(inputs))(model, jax.tree.map(jax.numpy.asarray, inputs))
+  return np.asarray(va)
+
+
+@pytest.mark.parametrize("layout", ["v1", "base"])
+def test_audio_velocity_matches_f5tts_dit(layout):
+  config = _small_config(layout)
+  state_dict = _random_state_dict(_small_shapes(config), seed=1)
+  x, cond, text, t = _f5_case(config)
+  va = _our_velocity(config, state_dict, x, cond, text, t)
 
   f64 = {k: v.astype(np.float64) for k, v in state_dict.items()}
-  kwargs = dict(heads=m.heads, pe_attn_head=None if layout == "v1" else 1, mask_padding=layout == "v1")
+  kwargs = dict(heads=config.model.heads, pe_attn_head=None if layout == "v1" else 1, mask_padding=layout == "v1")
   want = _f5_dit(f64, x.astype(np.float64), cond.astype(np.float64), text, t.astype(np.float64), **kwargs)
-  np.testing.assert_allclose(np.asarray(va), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+  np.testing.assert_allclose(va, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
   # The two layouts really differ, so matching one is not matching both.
   other = dict(kwargs, pe_attn_head=1 if layout == "v1" else None, mask_padding=layout != "v1")
   assert np.abs(_f5_dit(f64, x, cond, text, t, **other) - want).max() > 1e-2 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("null", ["f5", "filler"])
+def test_null_condition_of_the_f5_layout(null):
+  """Text and audio prompt withheld (F5-TTS's CFG null): model.text_null=f5 is F5's dit.py exactly;
+  filler (ours) zeroes every text position instead, which F5 computes for an empty transcript."""
+  config = _small_config("v1")
+  config.model.text_null = null
+  state_dict = _random_state_dict(_small_shapes(config), seed=3)
+  x, cond, text, t = _f5_case(config)
+  va = _our_velocity(config, state_dict, x, np.zeros_like(cond), text, t, text_given=False)
+
+  f64 = {k: v.astype(np.float64) for k, v in state_dict.items()}
+  f5 = lambda ids: _f5_dit(
+    f64,
+    x,
+    cond,
+    ids,
+    t,
+    heads=config.model.heads,
+    pe_attn_head=None,
+    mask_padding=True,
+    drop_text=True,
+    drop_audio_cond=True,
+  )
+  want, empty = f5(text), f5(np.zeros_like(text))
+  scale = np.abs(want).max()
+  assert np.abs(want - empty).max() > 1e-2 * scale  # the two nulls really differ
+  np.testing.assert_allclose(va, want if null == "f5" else empty, rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("attend_padding", [False, True])
+def test_padded_batches(attend_padding):
+  """Ours masks padded frames in attention and the convolutional positions (F5's modules given the
+  mask); F5TTS_v1_Base (attn_mask_enabled False) reads them, which model.attend_padding reproduces.
+  In both the text encoder's GRN sums over the padded length, as in F5-TTS."""
+  config = _small_config("v1")
+  config.model.attend_padding = attend_padding
+  state_dict = _random_state_dict(_small_shapes(config), seed=4)
+  x, cond, text, t = _f5_case(config)
+  n = 20  # the second example: 20 valid frames (its transcript has 11 ids)
+  valid = np.ones(text.shape, bool)
+  valid[1, n:] = False
+  va = _our_velocity(config, state_dict, x, cond, text, t, valid=valid)
+
+  f64 = {k: v.astype(np.float64) for k, v in state_dict.items()}
+  f5 = lambda *a, **k: _f5_dit(f64, *a, heads=config.model.heads, pe_attn_head=None, mask_padding=True, **k)
+  unmasked, masked = f5(x, cond, text, t)[1, :n], f5(x, cond, text, t, valid=valid)[1, :n]
+  scale = np.abs(masked).max()
+  assert np.abs(unmasked - masked).max() > 1e-2 * scale
+  np.testing.assert_allclose(va[1, :n], unmasked if attend_padding else masked, rtol=1e-4, atol=1e-4 * scale)
 
 
 def test_mismatches_are_reported_by_name_all_at_once():

@@ -16,6 +16,7 @@ def test_counted_flops_agree_with_xla_cost_analysis():
     f32(1, ta, 100),
     f32(1, ta, 100),
     jax.ShapeDtypeStruct((1, ta), jnp.int32),
+    jax.ShapeDtypeStruct((1,), jnp.bool_),
     jax.ShapeDtypeStruct((1, ta), jnp.bool_),
     f32(1, tm, 61),
     f32(1, tm, 61),

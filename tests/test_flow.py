@@ -116,15 +116,18 @@ def test_dropped_conditions_are_dropped(config, dropped):
   noise = (jnp.zeros_like(batch["mel"]), jnp.zeros_like(batch["motion"]))
   inputs, _ = flow.model_inputs(batch, plan, t, *noise)
   field = {"drop_text": "text", "drop_audio_cond": "audio_cond", "drop_motion_cond": "motion_cond"}[dropped]
-  assert bool(jnp.all(getattr(inputs, field) == 0)), field
+  # What the model reads of each condition: withheld text keeps its ids, flagged by text_given.
+  seen = lambda x, f: jnp.where(x.text_given[:, None], x.text, 0) if f == "text" else getattr(x, f)
+  assert bool(jnp.all(seen(inputs, field) == 0)), field
+  assert field != "text" or not bool(jnp.any(inputs.text_given))
   # and the other conditions are still there
   kept = [f for f in ("text", "audio_cond", "motion_cond") if f != field]
-  assert all(bool(jnp.any(getattr(inputs, f) != 0)) for f in kept)
-  # perturbing the source of a dropped condition leaves the model inputs' condition unchanged
+  assert all(bool(jnp.any(seen(inputs, f) != 0)) for f in kept)
+  # perturbing the source of a dropped condition leaves what the model reads of it unchanged
   source = {"text": "text", "audio_cond": "mel", "motion_cond": "motion"}[field]
   perturbed = {**batch, source: batch[source] + 1}
   inputs2, _ = flow.model_inputs(perturbed, plan, t, *noise)
-  np.testing.assert_array_equal(getattr(inputs2, field), getattr(inputs, field))
+  np.testing.assert_array_equal(seen(inputs2, field), seen(inputs, field))
 
 
 def test_logit_normal_time_sampling(config):

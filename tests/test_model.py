@@ -17,6 +17,7 @@ def _inputs(config, batch=2, abstract=False):
     audio_xt=((batch, ta, m.mel_dim), jnp.float32),
     audio_cond=((batch, ta, m.mel_dim), jnp.float32),
     text=((batch, ta), jnp.int32),
+    text_given=((batch,), jnp.bool_),
     audio_valid=((batch, ta), jnp.bool_),
     motion_xt=((batch, tm, m.motion_dim), jnp.float32),
     motion_cond=((batch, tm, m.motion_dim), jnp.float32),

@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from checkpoint_files import data_files, flip_bytes, largest_data_file
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 30, 10
 TIMEOUT_S = 240
@@ -192,23 +194,6 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _flip(path):
-  size = os.path.getsize(path)
-  with open(path, "r+b") as f:
-    f.seek(size // 2)
-    chunk = f.read(64)
-    f.seek(size // 2)
-    f.write(bytes(b ^ 0x5A for b in chunk))
-
-
-def _data_files(step_dir) -> list[str]:
-  return [f for f in glob.glob(f"{step_dir}/state/**", recursive=True) if os.path.isfile(f) and "/d/" in f]
-
-
-def _largest_data_file(step_dir) -> str:
-  return max(_data_files(step_dir), key=os.path.getsize)
-
-
 def _truncate(path):
   with open(path, "r+b") as f:
     f.truncate(os.path.getsize(path) // 2)
@@ -222,9 +207,9 @@ def _write_pickle(path):
 
 
 DAMAGE = {
-  "64 bytes flipped": lambda d: _flip(_largest_data_file(d)),
-  "data file truncated": lambda d: _truncate(_largest_data_file(d)),
-  "data file replaced by a pickle": lambda d: _write_pickle(_largest_data_file(d)),
+  "64 bytes flipped": lambda d: flip_bytes(largest_data_file(f"{d}/state")),
+  "data file truncated": lambda d: _truncate(largest_data_file(f"{d}/state")),
+  "data file replaced by a pickle": lambda d: _write_pickle(largest_data_file(f"{d}/state")),
   "_METADATA empty": lambda d: open(f"{d}/state/_METADATA", "w").close(),
   "_METADATA missing": lambda d: os.remove(f"{d}/state/_METADATA"),
 }
@@ -249,8 +234,8 @@ def test_a_damaged_latest_checkpoint_is_set_aside_and_training_resumes_from_the_
 def test_sampling_a_damaged_checkpoint_falls_back_or_names_it(cache, reference, tmp_path):
   work = tmp_path / "work"
   shutil.copytree(reference[0], work)
-  for path in _data_files(work / "checkpoints" / str(STEPS)):  # the EMA weights' among them
-    _flip(path)
+  for path in data_files(work / "checkpoints" / str(STEPS) / "state"):  # the EMA weights' among them
+    flip_bytes(path)
   args = ["--task=tts", "--text=hi.", f"--out={tmp_path / 'out'}"]
   line = _one_error_line(_main(cache, work, *args, f"--step={STEPS}", mode="sample"), "checkpoint error:")
   assert f"checkpoints/{STEPS}" in line

@@ -61,6 +61,7 @@ def _conditions(config, b=2, ta=40, seed=0):
   text[:, :12] = rng.integers(32, 127, (b, 12))
   return Conditions(
     text=text,
+    text_given=np.ones(b, bool),
     audio=rng.normal(size=(b, ta, 100)).astype(np.float32),
     audio_given=np.arange(ta)[None].repeat(b, 0) < 10,
     audio_valid=np.ones((b, ta), bool),
@@ -102,6 +103,7 @@ def test_guidance_strength_zero_is_the_conditional_call_and_strengths_combine(ti
         audio_xt=x[0],
         audio_cond=jnp.where(c.audio_given[..., None], c.audio, 0.0),
         text=c.text,
+        text_given=c.text_given,
         audio_valid=c.audio_valid,
         motion_xt=x[1],
         motion_cond=jnp.where(c.motion_given[..., None], c.motion, 0.0),

@@ -45,7 +45,7 @@ def test_safetensors_rejects_bad_offsets(tmp_path):
   path = tmp_path / "bad.safetensors"
   write_safetensors(path, {"w": np.zeros((4,), np.float32)})
   data = bytearray(path.read_bytes())
-  data[8:] = data[8:].replace(b'"shape": [4]', b'"shape": [9]')
+  data[8:] = data[8:].replace(b'"shape":[4]', b'"shape":[9]')
   path.write_bytes(bytes(data))
   with pytest.raises(ValueError, match="'w'.*data_offsets"):
     torch_checkpoint.load(path)
@@ -119,6 +119,23 @@ def test_refuses_foreign_globals_without_running_them(tmp_path):
 
   path = tmp_path / "evil4.pth"
   write_zip_with_pickle(path, pickle.dumps({"w": Exploit()}, protocol=4))  # STACK_GLOBAL
+  with pytest.raises(torch_checkpoint.UnsafeCheckpointError, match=r"builtins\.eval"):
+    torch_checkpoint.load(path)
+
+
+def test_protocol_2_builtins_are_mapped_and_nothing_else(tmp_path):
+  """torch.save writes protocol 2, where set / frozenset / complex / bytearray are `__builtin__.*`."""
+  values = {"s": {1, 2}, "f": frozenset({3}), "c": 1 + 2j, "b": bytearray(b"xy\x80")}
+  data = pickle.dumps(values, protocol=2)
+  assert b"c__builtin__\nset" in data and b"c__builtin__\nbytearray" in data
+  path = tmp_path / "builtins.pt"
+  write_zip_with_pickle(path, data)
+  loaded = torch_checkpoint.load(path)
+  assert loaded == values and type(loaded["b"]) is bytearray and type(loaded["f"]) is frozenset
+
+  payload = b"\x80\x02c__builtin__\neval\nq\x00X" + len("1 + 1").to_bytes(4, "little") + b"1 + 1\x85R."
+  path = tmp_path / "evil2.pt"
+  write_zip_with_pickle(path, payload)
   with pytest.raises(torch_checkpoint.UnsafeCheckpointError, match=r"builtins\.eval"):
     torch_checkpoint.load(path)
 

@@ -22,6 +22,7 @@ from absl import logging
 from jamflow_jax import (
   checkpoint as checkpoint_lib,
   config as config_lib,
+  export as export_lib,
   model as model_lib,
   paths as paths_lib,
   presets,
@@ -122,8 +123,7 @@ class Pipeline:
   ) -> "Pipeline":
     """Loads DIR/checkpoints (EMA weights by default) with DIR/config.json (or `config`)."""
     workdir = paths_lib.workdir_path(workdir)
-    if not (workdir / "checkpoints").is_dir():
-      raise InputError(f"{workdir}: no checkpoints/ directory; train into this --workdir first")
+    checkpoint_lib.checkpoints_dir(workdir)
     if config is None:
       config = saved_config(workdir)
     use_ema = config.sample.use_ema if use_ema is None else use_ema
@@ -142,6 +142,24 @@ class Pipeline:
       vocoder=vocoder,
       step=step,
       checkpoint=f"{workdir}/checkpoints/{step}" + (" (EMA)" if use_ema else ""),
+    )
+
+  @classmethod
+  def from_export(
+    cls, path: str | os.PathLike, config: ml_collections.ConfigDict | None = None, *, vocoder=None
+  ) -> "Pipeline":
+    """Loads an export (`jamflow_jax.export`: DIR/export/<step>/) on this process' first device,
+    without the training run; `config` (default: the export's) for the sampling settings."""
+    exported = export_lib.load(path, config)
+    m = exported.manifest
+    logging.info("loaded the %s %s weights of step %d from %s", m["weights"], m["dtype"], m["step"], path)
+    return cls(
+      exported.config,
+      exported.params,
+      stats=exported.stats,
+      vocoder=vocoder,
+      step=m["step"],
+      checkpoint=f"{path} ({m['weights']}, {m['dtype']})",
     )
 
   def use_params(self, params) -> None:
@@ -185,6 +203,7 @@ class Pipeline:
     valid_m = (np.arange(tm_pad) < tm) & clip.motion_present
     c = Conditions(
       text=ids[None],
+      text_given=np.ones(1, bool),
       audio=pad(clip.mel, ta_pad)[None],
       audio_given=pad(clip.audio_given, ta_pad)[None],
       audio_valid=valid_a[None],
@@ -535,21 +554,8 @@ class Pipeline:
 
 
 def saved_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  """DIR/config.json over its preset's defaults (so settings newer than the run get their defaults)."""
+  """DIR/config.json over its preset's defaults (`presets.from_saved`)."""
   path = paths_lib.workdir_path(workdir) / "config.json"
   if not path.exists():
     raise InputError(f"{workdir}: no config.json; pass the training config")
-  saved = json.loads(path.read_text())
-  config = presets.get_config(saved.get("preset", "base"))
-
-  def merge(node: ml_collections.ConfigDict, values: dict) -> None:
-    for key, value in values.items():
-      if key not in node:
-        continue  # a setting this version no longer has
-      if isinstance(node[key], ml_collections.ConfigDict) and isinstance(value, dict):
-        merge(node[key], value)
-      else:
-        node[key] = tuple(value) if isinstance(node[key], tuple) and isinstance(value, list) else value
-
-  merge(config, saved)
-  return config
+  return presets.from_saved(json.loads(path.read_text()))

@@ -1,4 +1,5 @@
-"""F5-TTS checkpoints -> the audio-stream parameters of JamFlow (JAM-Flow starts its Audio-DiT from F5-TTS).
+"""F5-TTS checkpoints <-> the audio-stream parameters of JamFlow (JAM-Flow starts its Audio-DiT from
+F5-TTS; `to_f5` writes a fine-tuned one back for F5-TTS's own inference).
 
 F5-TTS's DiT (SWivid/F5-TTS, model/backbones/dit.py) and our audio stream are one network under
 other names and layouts: torch Linear weights are [out, in] (ours [in, out]), Conv1d weights
@@ -48,6 +49,7 @@ class _Leaf(NamedTuple):
   name: str  # the F5 tensor's last name part
   f5_shape: Callable[[tuple], tuple]  # our shape -> the F5 shape it needs
   to_ours: Callable[[np.ndarray, tuple], np.ndarray]  # (F5 array, our shape) -> our layout
+  to_f5: Callable[[np.ndarray], np.ndarray]  # our array -> F5's layout (the inverse)
 
 
 def _swap_halves(w: np.ndarray) -> np.ndarray:
@@ -56,28 +58,38 @@ def _swap_halves(w: np.ndarray) -> np.ndarray:
 
 
 def _same(name: str) -> _Leaf:
-  return _Leaf(name, lambda s: s, lambda w, s: w)
+  return _Leaf(name, lambda s: s, lambda w, s: w, lambda a: a)
 
 
 _TRANSPOSED = lambda s: (s[1], s[0])
 _KINDS = {
-  "linear": {"kernel": _Leaf("weight", _TRANSPOSED, lambda w, s: w.T), "bias": _same("bias")},
-  "heads_in": {
-    "kernel": _Leaf("weight", lambda s: (s[1] * s[2], s[0]), lambda w, s: w.T.reshape(s)),
-    "bias": _Leaf("bias", lambda s: (s[0] * s[1],), lambda w, s: w.reshape(s)),
+  "linear": {"kernel": _Leaf("weight", _TRANSPOSED, lambda w, s: w.T, lambda a: a.T), "bias": _same("bias")},
+  "heads_in": {  # ours [in, heads, head_dim], F5 [heads * head_dim, in]
+    "kernel": _Leaf(
+      "weight", lambda s: (s[1] * s[2], s[0]), lambda w, s: w.T.reshape(s), lambda a: a.reshape(a.shape[0], -1).T
+    ),
+    "bias": _Leaf("bias", lambda s: (s[0] * s[1],), lambda w, s: w.reshape(s), lambda a: a.reshape(-1)),
   },
-  "heads_out": {
-    "kernel": _Leaf("weight", lambda s: (s[2], s[0] * s[1]), lambda w, s: w.T.reshape(s)),
+  "heads_out": {  # ours [heads, head_dim, out], F5 [out, heads * head_dim]
+    "kernel": _Leaf(
+      "weight", lambda s: (s[2], s[0] * s[1]), lambda w, s: w.T.reshape(s), lambda a: a.reshape(-1, a.shape[-1]).T
+    ),
     "bias": _same("bias"),
   },
-  "conv": {"kernel": _Leaf("weight", lambda s: s[::-1], lambda w, s: w.transpose(2, 1, 0)), "bias": _same("bias")},
+  "conv": {
+    "kernel": _Leaf("weight", lambda s: s[::-1], lambda w, s: w.transpose(2, 1, 0), lambda a: a.transpose(2, 1, 0)),
+    "bias": _same("bias"),
+  },
   "norm": {"scale": _same("weight"), "bias": _same("bias")},
   "embed": {"embedding": _same("weight")},
-  "grn": {p: _Leaf(p, lambda s: (1, 1, *s), lambda w, s: w.reshape(s)) for p in ("gamma", "beta")},
+  "grn": {
+    p: _Leaf(p, lambda s: (1, 1, *s), lambda w, s: w.reshape(s), lambda a: a.reshape(1, 1, -1))
+    for p in ("gamma", "beta")
+  },
   # F5's AdaLayerNorm_Final chunks its output (scale, shift); our StreamHead reads (shift, scale).
   "scale_shift": {
-    "kernel": _Leaf("weight", _TRANSPOSED, lambda w, s: _swap_halves(w).T),
-    "bias": _Leaf("bias", lambda s: s, lambda w, s: _swap_halves(w)),
+    "kernel": _Leaf("weight", _TRANSPOSED, lambda w, s: _swap_halves(w).T, lambda a: _swap_halves(a.T)),
+    "bias": _Leaf("bias", lambda s: s, lambda w, s: _swap_halves(w), _swap_halves),
   },
 }
 
@@ -172,7 +184,7 @@ def convert(state_dict: dict[str, np.ndarray], abstract_params, config: ml_colle
     used.add(_INV_FREQ)
     m = config.model
     inv_freq = np.asarray(state_dict[_INV_FREQ], np.float32)
-    want = 1.0 / m.rope_theta ** (np.arange(0, m.head_dim, 2, dtype=np.float32) / m.head_dim)
+    want = rope_inv_freq(config)
     if inv_freq.shape != want.shape or not np.allclose(inv_freq, want, rtol=1e-3):
       mismatched.append(
         f"{_INV_FREQ} {list(inv_freq.shape)}: RoPE frequencies other than those of "
@@ -189,6 +201,31 @@ def convert(state_dict: dict[str, np.ndarray], abstract_params, config: ml_colle
       "the F5-TTS checkpoint does not fit the audio stream of this config (model.*):\n  " + "\n  ".join(parts)
     )
   return layer_stack.convert_for(converted, config, scanned=scanned)
+
+
+def rope_inv_freq(config: ml_collections.ConfigDict) -> np.ndarray:
+  """float32 [head_dim / 2]: the RoPE frequencies of model.head_dim / model.rope_theta (F5's buffer)."""
+  m = config.model
+  return (1.0 / m.rope_theta ** (np.arange(0, m.head_dim, 2, dtype=np.float32) / m.head_dim)).astype(np.float32)
+
+
+def to_f5(params, config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """The inverse of `convert`: our audio stream (a parameter tree of host arrays, either layer
+  layout) -> F5-TTS DiT tensors {name without `transformer.`: array}, RoPE buffer included, so that
+  `convert(to_f5(p))` gives p back bit for bit. The motion stream has no F5 counterpart and is left out."""
+  params = layer_stack.convert_for(params, config, scanned=False)
+  state_dict = {_INV_FREQ: rope_inv_freq(config)}
+  for path, leaf in _leaves(params):
+    if not is_audio_stream(path):
+      continue
+    counterpart = _f5_counterpart(path)
+    if counterpart is None:
+      raise F5ConversionError(
+        f"{'/'.join(map(str, path))} has no F5-TTS counterpart (F5-TTS has no qk-norm: model.qk_norm=False)"
+      )
+    name, rule = counterpart
+    state_dict[name] = np.ascontiguousarray(rule.to_f5(np.asarray(leaf)))
+  return state_dict
 
 
 def load_f5_checkpoint(path: str) -> dict[str, np.ndarray]:

@@ -28,12 +28,14 @@ class FlowInputs:
   """One model call's inputs (B examples, Ta mel frames, Tm motion frames).
 
   An absent modality is given with all-False `*_valid`: its tokens are then neither attended to
-  nor produce anything the loss reads.
+  nor produce anything the loss reads. A withheld transcript keeps its ids (`text_given` False):
+  how it is embedded is the text encoder's `null` choice.
   """
 
   audio_xt: jax.Array  # float [B, Ta, mel_dim]   noisy mel at time t
   audio_cond: jax.Array  # float [B, Ta, mel_dim]   given mel frames, zeros elsewhere
   text: jax.Array  # int32 [B, Ta]            filler-padded transcript ids
+  text_given: jax.Array  # bool [B]             False: the transcript is withheld (CFG dropout)
   audio_valid: jax.Array  # bool  [B, Ta]
   motion_xt: jax.Array  # float [B, Tm, motion_dim]
   motion_cond: jax.Array  # float [B, Tm, motion_dim]
@@ -66,8 +68,15 @@ class JamFlow(nnx.Module):
     self.scan_layers, self.remat_policy = m.scan_layers, m.remat_policy
 
     self.text = TextEncoder(
-      m.text_vocab_size, m.text_dim, m.text_conv_layers, rngs=rngs, dtype=dtype, mask_padding=m.text_mask_padding
+      m.text_vocab_size,
+      m.text_dim,
+      m.text_conv_layers,
+      rngs=rngs,
+      dtype=dtype,
+      mask_padding=m.text_mask_padding,
+      null=m.text_null,
     )
+    self.attend_padding = m.attend_padding
     self.audio_in = linear(2 * m.mel_dim + m.text_dim, m.audio_width, (None, EMBED), rngs=rngs, dtype=dtype)
     self.motion_in = linear(2 * m.motion_dim, m.motion_width, (None, EMBED), rngs=rngs, dtype=dtype)
     pos = lambda w: ConvPositionEmbedding(w, m.conv_pos_kernel, m.conv_pos_groups, rngs=rngs, dtype=dtype)
@@ -81,6 +90,13 @@ class JamFlow(nnx.Module):
     self.audio_head = StreamHead(m.audio_width, m.mel_dim, rngs=rngs, dtype=dtype)
     self.motion_head = StreamHead(m.motion_width, m.motion_dim, rngs=rngs, dtype=dtype)
 
+  def read(self, valid: jax.Array) -> jax.Array:
+    """bool [B, T] -> the frames the others read: the valid ones, or with `attend_padding` (F5-TTS's
+    unmasked attention) every frame of a modality that is present."""
+    if not self.attend_padding:
+      return valid
+    return jnp.broadcast_to(jnp.any(valid, axis=1, keepdims=True), valid.shape)
+
   def tokens(self, x: FlowInputs) -> tuple[Tokens, Tokens]:
     """Per-token (modality, time, valid, RoPE angles) of both streams on one clock."""
     b, ta = x.audio_valid.shape
@@ -88,18 +104,18 @@ class JamFlow(nnx.Module):
     time_a = jnp.broadcast_to(jnp.arange(ta, dtype=jnp.float32), (b, ta))
     time_m = jnp.broadcast_to(jnp.arange(tm, dtype=jnp.float32) * self.motion_step, (b, tm))
     make = lambda mod, time, valid: Tokens(
-      jnp.full(valid.shape, mod, jnp.int32), time, valid, rope_angles(time, self.head_dim, self.rope_theta)
+      jnp.full(valid.shape, mod, jnp.int32), time, self.read(valid), rope_angles(time, self.head_dim, self.rope_theta)
     )
     return make(AUDIO, time_a, x.audio_valid), make(MOTION, time_m, x.motion_valid)
 
   def embed(self, x: FlowInputs) -> tuple[jax.Array, jax.Array]:
     """Input embeddings: audio [B, Ta, Wa] from (x_t, cond, text); motion [B, Tm, Wm] from (x_t, cond)."""
     cast = lambda a: a.astype(self.compute_dtype)
-    text = self.text(x.text)
+    text = self.text(x.text, x.text_given)
     ha = self.audio_in(jnp.concatenate([cast(x.audio_xt), cast(x.audio_cond), text], axis=-1))
     hm = self.motion_in(jnp.concatenate([cast(x.motion_xt), cast(x.motion_cond)], axis=-1))
-    ha = self.audio_pos(ha, x.audio_valid)
-    hm = self.motion_pos(hm, x.motion_valid)
+    ha = self.audio_pos(ha, self.read(x.audio_valid))
+    hm = self.motion_pos(hm, self.read(x.motion_valid))
     return constrain(ha, (BATCH, LENGTH, ACT_EMBED)), constrain(hm, (BATCH, LENGTH, ACT_EMBED))
 
   def __call__(self, x: FlowInputs) -> tuple[jax.Array, jax.Array]:

@@ -3,9 +3,13 @@
 The transcript ids are padded with the filler id (0) to the mel length, so text and audio are
 aligned frame for frame only by what the model learns, as in F5-TTS. With `mask_padding`
 (F5TTS_v1_Base's text_mask_padding) filler positions are zeroed after the positions are added and
-after every block, so the blocks' convolutions read nothing from them. The mask is read from the
-ids given: a transcript withheld for CFG (all filler) embeds to zeros, where F5-TTS, masking by
-the transcript it withholds, keeps the filler embedding at the transcript's positions.
+after every block, so the blocks' convolutions read nothing from them.
+
+A transcript withheld for classifier-free guidance (`given` False) is embedded as all filler ids.
+What is masked then is `null`'s choice: "filler" masks the filler ids seen, i.e. every position
+(the features are zeros); "f5" masks the withheld transcript's own padding, as F5-TTS does (dit.py
+computes the mask before it zeroes the ids), so the transcript's positions keep the filler
+embedding. Without `mask_padding` the two are the same.
 """
 
 import jax
@@ -47,20 +51,33 @@ class ConvNeXtV2Block(nnx.Module):
 class TextEncoder(nnx.Module):
   """ids int32 [B, T] (filler-padded to the mel length) -> [B, T, text_dim]."""
 
-  def __init__(self, vocab_size: int, dim: int, num_blocks: int, *, rngs: nnx.Rngs, dtype, mask_padding: bool = False):
-    self.dim, self.mask_padding = dim, mask_padding
+  def __init__(
+    self,
+    vocab_size: int,
+    dim: int,
+    num_blocks: int,
+    *,
+    rngs: nnx.Rngs,
+    dtype,
+    mask_padding: bool = False,
+    null: str = "filler",
+  ):
+    self.dim, self.mask_padding, self.null = dim, mask_padding, null
     self.embed = nnx.Embed(
       vocab_size, dim, dtype=dtype, rngs=rngs, embedding_init=partitioned((VOCAB, EMBED), nnx.initializers.normal(1.0))
     )
     self.blocks = nnx.List([ConvNeXtV2Block(dim, rngs=rngs, dtype=dtype) for _ in range(num_blocks)])
 
-  def __call__(self, ids: jax.Array) -> jax.Array:
-    x = self.embed(ids)
+  def __call__(self, ids: jax.Array, given: jax.Array) -> jax.Array:
+    """ids int32 [B, T], given bool [B] (False: the transcript is withheld) -> [B, T, text_dim]."""
+    seen = jnp.where(given[:, None], ids, FILLER_ID)
+    x = self.embed(seen)
     pos = jnp.arange(ids.shape[1], dtype=jnp.float32)
     x = x + sinusoidal_positions(pos, self.dim).astype(x.dtype)
+    padding = ((ids if self.null == "f5" else seen) == FILLER_ID)[..., None]
 
     def mask(x):
-      return jnp.where((ids == FILLER_ID)[..., None], 0, x) if self.mask_padding else x
+      return jnp.where(padding, 0, x) if self.mask_padding else x
 
     x = mask(x)
     for block in self.blocks:
