@@ -4,8 +4,10 @@
 
   params/            the weights alone (EMA by default: export.use_ema) cast to export.dtype, as a
                      params-only Orbax checkpoint in the run's layer layout; no optimizer state
-  config.json        the run's config; model.text_vocab, when the run has one, is "vocab.txt"
+  config.json        the run's config; model.text_vocab / sample.vocoder, when files, name the copies
+                     beside it; render.face_model is cleared (a FLAME model is the user's licence)
   vocab.txt          the run's F5-TTS text vocabulary (runs with the built-in one have none)
+  vocoder.*          the run's Vocos checkpoint (runs with Griffin-Lim have none)
   motion_stats.json  the motion normalisation, when the run has one
   fingerprints.json  a 64-bit fingerprint of every array (`checkpoint.fingerprint`)
   manifest.json      written last: format, step, weights, dtype, parameter count, checksum (of the
@@ -41,6 +43,7 @@ from jamflow_jax import (
   sharding,
   torch_checkpoint,
 )
+from jamflow_jax.audio import vocoder as vocoder_lib
 from jamflow_jax.errors import CheckpointError, ConfigError, InputError
 from jamflow_jax.model import f5tts, layer_stack
 from jamflow_jax.motion.stats import MotionStats
@@ -64,11 +67,19 @@ def _checksum(leaves: dict[str, str]) -> str:
   return "sha256:" + hashlib.sha256(json.dumps(leaves, sort_keys=True).encode()).hexdigest()
 
 
-def _exported_config(config: ml_collections.ConfigDict, vocab: bool) -> dict:
-  """The run's config as the export holds it: paths of the training machine are not carried."""
+def _vocoder_file(config: ml_collections.ConfigDict) -> epath.Path | None:
+  """The run's Vocos checkpoint, when sample.vocoder names a file."""
+  spec = config.sample.vocoder
+  return epath.Path(spec) if spec != vocoder_lib.GRIFFIN_LIM and epath.Path(spec).is_file() else None
+
+
+def _exported_config(config: ml_collections.ConfigDict, vocab: bool, vocoder: epath.Path | None) -> dict:
+  """The run's config as the export holds it: no path of the training machine is carried."""
   saved = json.loads(config.to_json_best_effort())
   saved["model"]["text_vocab"] = VOCAB if vocab else ""
+  saved["sample"]["vocoder"] = f"vocoder{vocoder.suffix}" if vocoder else vocoder_lib.GRIFFIN_LIM
   saved["train"]["init_from"] = ""  # the weights are the export's own
+  saved["render"]["face_model"] = ""
   return saved
 
 
@@ -147,7 +158,10 @@ def export(
     if vocab:
       (out / VOCAB).write_text(epath.Path(config.model.text_vocab).read_text(encoding="utf-8"), encoding="utf-8")
     if x.format == "orbax":
-      (out / "config.json").write_text(json.dumps(_exported_config(config, vocab), indent=2))
+      vocoder = _vocoder_file(config)
+      if vocoder is not None:
+        (out / f"vocoder{vocoder.suffix}").write_bytes(vocoder.read_bytes())
+      (out / "config.json").write_text(json.dumps(_exported_config(config, vocab, vocoder), indent=2))
       (out / "fingerprints.json").write_text(json.dumps(leaves, indent=0, sort_keys=True))
       if (workdir / "motion_stats.json").exists():
         (out / "motion_stats.json").write_text((workdir / "motion_stats.json").read_text())
@@ -203,6 +217,8 @@ def exported_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
     raise CheckpointError(f"{path / 'config.json'}: unreadable ({e})") from None
   if config.model.text_vocab:
     config.model.text_vocab = os.fspath(path / VOCAB)
+  if config.sample.vocoder != vocoder_lib.GRIFFIN_LIM:
+    config.sample.vocoder = os.fspath(path / config.sample.vocoder)
   return config
 
 

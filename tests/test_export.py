@@ -65,7 +65,13 @@ def test_cross_mesh_and_bf16(workdir, exported, tmp_path):
   for a, b in zip(jax.tree.leaves(_host(one.params)), jax.tree.leaves(_host(eight.params))):
     np.testing.assert_array_equal(a, b)
 
-  # The reverse, in bf16: written from one device, read onto 8.
+  # The reverse, in bf16: written from one device, read onto 8; the run's Vocos file goes with it.
+  from test_vocoder import MEL_24KHZ, _state_dict
+
+  vocoder = tmp_path / "vocos.safetensors"
+  torch_checkpoint.save_safetensors(vocoder, _state_dict(**MEL_24KHZ))
+  config.sample.vocoder = str(vocoder)
+  config.render.face_model = str(tmp_path / "flame.pkl")  # the user's licence: not carried
   config.export.dtype = "bfloat16"
   work = tmp_path / "copy"
   work.mkdir()
@@ -74,6 +80,9 @@ def test_cross_mesh_and_bf16(workdir, exported, tmp_path):
   half = export_lib.export(work, config, mesh=sharding.single_device_mesh(config))
   assert json.loads((half / "manifest.json").read_text())["dtype"] == "bfloat16"
   assert "motion_stats.json" not in os.listdir(half)  # the copy has none: none is made up
+  assert (half / "vocoder.safetensors").read_bytes() == vocoder.read_bytes()
+  carried = export_lib.exported_config(half)
+  assert carried.sample.vocoder == str(half / "vocoder.safetensors") and carried.render.face_model == ""
   loaded = export_lib.load(half, mesh=sharding.make_mesh(config))
   for a, b in zip(jax.tree.leaves(_host(loaded.params)), jax.tree.leaves(_host(one.params))):
     assert a.dtype == np.float32  # the model's parameter dtype again

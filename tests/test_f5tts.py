@@ -154,12 +154,25 @@ def _f5_text_embed(sd, ids, mask_padding, drop_text=False):
 
 
 def _f5_dit(
-  sd, x, cond, ids, t, *, heads, pe_attn_head, mask_padding, drop_text=False, drop_audio_cond=False, valid=None
+  sd,
+  x,
+  cond,
+  ids,
+  t,
+  *,
+  heads,
+  pe_attn_head,
+  mask_padding,
+  drop_text=False,
+  drop_audio_cond=False,
+  valid=None,
+  mask=None,
 ):
   """DiT.forward(x, cond, text, time, drop_audio_cond, drop_text): the velocity [B, N, mel_dim].
 
-  valid bool [B, N]: F5's `mask` applied where its modules take one (attention keys with
-  attn_mask_enabled, ConvPositionEmbedding); None: unmasked, as F5TTS_v1_Base runs."""
+  mask bool [B, N]: F5's `mask` argument to F5TTS_v1_Base (attn_mask_enabled False): keys are not
+  masked, the padded queries' attention outputs are zeroed. valid bool [B, N]: padding masked
+  everywhere F5's modules can mask it (attention keys, ConvPositionEmbedding)."""
   if drop_audio_cond:
     cond = np.zeros_like(cond)
   silu = lambda a: a / (1 + np.exp(-a))
@@ -195,7 +208,8 @@ def _f5_dit(
       logits = np.where(valid[:, None, None, :], logits, -np.inf)
     weights = np.exp(logits - logits.max(-1, keepdims=True))
     o = (weights / weights.sum(-1, keepdims=True)) @ v
-    h = h + gate_msa * _linear(sd, p + "attn.to_out.0", o.transpose(0, 2, 1, 3).reshape(b, n, heads * dh))
+    o = _linear(sd, p + "attn.to_out.0", o.transpose(0, 2, 1, 3).reshape(b, n, heads * dh))
+    h = h + gate_msa * (o if mask is None else np.where(mask[..., None], o, 0.0))
     f = _layer_norm(h) * (1 + scale_mlp) + shift_mlp
     f = _linear(sd, p + "ff.ff.0.0", f)
     f = 0.5 * f * (1 + np.tanh(math.sqrt(2 / math.pi) * (f + 0.044715 * f**3)))  # GELU(approximate="tanh")
@@ -377,7 +391,7 @@ def test_padded_batches(attend_padding):
 
   f64 = {k: v.astype(np.float64) for k, v in state_dict.items()}
   f5 = lambda *a, **k: _f5_dit(f64, *a, heads=config.model.heads, pe_attn_head=None, mask_padding=True, **k)
-  unmasked, masked = f5(x, cond, text, t)[1, :n], f5(x, cond, text, t, valid=valid)[1, :n]
+  unmasked, masked = f5(x, cond, text, t, mask=valid)[1, :n], f5(x, cond, text, t, valid=valid)[1, :n]
   scale = np.abs(masked).max()
   assert np.abs(unmasked - masked).max() > 1e-2 * scale
   np.testing.assert_allclose(va[1, :n], unmasked if attend_padding else masked, rtol=1e-4, atol=1e-4 * scale)

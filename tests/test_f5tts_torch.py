@@ -152,13 +152,13 @@ def test_dit_forward_null_condition_padding_and_guidance(tmp_path):
   got_guided = ours(x, cond, ids, t) + 2.0 * (ours(x, cond, ids, t) - got_null)
   assert _report("guided (cfg 2)", got_guided, guided_f5) < 1e-3 * np.abs(guided_f5).max()
 
-  # Padded batch (the second example has 20 valid frames), run as F5TTS_v1_Base runs one without a
-  # mask: every frame attends to the padding. (Given a mask, F5 also zeroes the padded queries'
-  # attention outputs, which model.attend_padding does not reproduce.)
+  # Padded batch (the second example has 20 valid frames), with its mask as F5-TTS's CFM passes it in
+  # training and batched sampling: F5TTS_v1_Base attends to the padding and zeroes the padded
+  # queries' attention outputs.
   valid = np.ones(ids.shape, bool)
   valid[1, 20:] = False
   ids[1, 20:] = 0
-  padded_f5 = _theirs(cfm, x, cond, ids, t)
+  padded_f5 = _theirs(cfm, x, cond, ids, t, mask=torch.from_numpy(valid))
   attend = _ours(_our_config(attend_padding=True), state_dict)
   got = attend(x, cond, ids, t, valid=valid)
   assert _report("padded, model.attend_padding", got[valid], padded_f5[valid]) < scale(padded_f5)

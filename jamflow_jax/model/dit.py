@@ -32,6 +32,9 @@ class Tokens:
   time: jax.Array  # float32 [B, L] position on the shared clock (mel frames)
   valid: jax.Array  # bool [B, L]
   angles: jax.Array  # float32 [B, L, head_dim // 2] RoPE angles of `time`
+  # bool [B, L] or None: where attention outputs are kept when `valid` also admits padding
+  # (model.attend_padding: F5-TTS zeroes the padded queries' outputs); None: wherever computed.
+  keep: jax.Array | None = None
 
   @staticmethod
   def concat(a: "Tokens", b: "Tokens") -> "Tokens":
@@ -109,9 +112,12 @@ class StreamBlock(nnx.Module):
     q, k, v = (constrain(a, (BATCH, LENGTH, ACT_HEADS, None)) for a in (q, k, v))
     return q, k, v, (gate_a, shift_f, scale_f, gate_f)
 
-  def finish(self, x: jax.Array, attn: jax.Array, mods) -> jax.Array:
+  def finish(self, x: jax.Array, attn: jax.Array, mods, keep: jax.Array | None = None) -> jax.Array:
     gate_a, shift_f, scale_f, gate_f = mods
-    x = x + gate_a * self.out(attn)
+    out = self.out(attn)
+    if keep is not None:
+      out = jnp.where(keep[..., None], out, 0)
+    x = x + gate_a * out
     x = x + gate_f * self.ff(modulate(self.norm_ff(x), shift_f, scale_f))
     return constrain(x, (BATCH, LENGTH, ACT_EMBED))
 
@@ -161,4 +167,4 @@ class DualLayer(nnx.Module):
       oa = attend(qa, ka, va, ta, ta, window, attn)
       om = attend(qm, km, vm, tm, tm, window, attn)
     oa, om = checkpoint_name(oa, ATTENTION_OUT), checkpoint_name(om, ATTENTION_OUT)
-    return self.audio.finish(xa, oa, mods_a), self.motion.finish(xm, om, mods_m)
+    return self.audio.finish(xa, oa, mods_a, ta.keep), self.motion.finish(xm, om, mods_m, tm.keep)

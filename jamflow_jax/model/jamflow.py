@@ -92,7 +92,8 @@ class JamFlow(nnx.Module):
 
   def read(self, valid: jax.Array) -> jax.Array:
     """bool [B, T] -> the frames the others read: the valid ones, or with `attend_padding` (F5-TTS's
-    unmasked attention) every frame of a modality that is present."""
+    unmasked attention, whose padded queries' outputs are then zeroed: `Tokens.keep`) every frame
+    of a modality that is present."""
     if not self.attend_padding:
       return valid
     return jnp.broadcast_to(jnp.any(valid, axis=1, keepdims=True), valid.shape)
@@ -104,7 +105,11 @@ class JamFlow(nnx.Module):
     time_a = jnp.broadcast_to(jnp.arange(ta, dtype=jnp.float32), (b, ta))
     time_m = jnp.broadcast_to(jnp.arange(tm, dtype=jnp.float32) * self.motion_step, (b, tm))
     make = lambda mod, time, valid: Tokens(
-      jnp.full(valid.shape, mod, jnp.int32), time, self.read(valid), rope_angles(time, self.head_dim, self.rope_theta)
+      jnp.full(valid.shape, mod, jnp.int32),
+      time,
+      self.read(valid),
+      rope_angles(time, self.head_dim, self.rope_theta),
+      keep=valid if self.attend_padding else None,
     )
     return make(AUDIO, time_a, x.audio_valid), make(MOTION, time_m, x.motion_valid)
 
