@@ -62,11 +62,10 @@ class _Timed:
     return wav
 
   def stats(self, frames: int) -> dict:
-    program = getattr(self.vocoder._fn, "func", self.vocoder._fn)  # Vocos binds its weights with a partial
     return {
       "wall_s": self.seconds,
       "rtf": self.seconds / (frames / MEL_FPS),
-      "programs": program._cache_size(),
+      "programs": self.vocoder.programs,
       "rss_before_mb": self.rss_before_mb,
       "peak_rss_mb": _peak_rss_mb(),
     }
@@ -123,7 +122,7 @@ def _tts_row(mode: str, workdir: str) -> dict:
     "chunks": chunks,
     "gen_s": generation,
     "chunks_per_s": chunks / generation,
-    "sampler_compiles": pipe.sampler._jit._cache_size(),
+    "sampler_compiles": pipe.sampler.programs,
     **voc.stats(out.mel.shape[0]),
   }
 

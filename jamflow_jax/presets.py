@@ -56,8 +56,8 @@ def _base() -> ml_collections.ConfigDict:
   m.attention_backend = "auto"  # pallas lowering: auto (from the devices) | triton | mosaic_tpu | interpret
   m.attention_block_q = 0  # pallas query / key block sizes; 0 = the backend's default
   m.attention_block_k = 0
-  # F5TTS_v1_Base's attn_mask_enabled=False: valid frames also read the padded frames of their batch
-  # (attention keys, convolutional positions). Only for exact parity with F5-TTS on padded batches.
+  # F5TTS_v1_Base's attn_mask_enabled=False: valid frames also attend to the padded frames of their
+  # batch, whose attention outputs are zeroed. Only for exact parity with F5-TTS on padded batches.
   m.attend_padding = False
   m.dtype = "bfloat16"  # compute dtype; parameters stay float32
   m.scan_layers = True  # layers under one jax.lax.scan over the repeating joint pattern (fast

@@ -172,6 +172,11 @@ class Sampler:
     self._context = lambda: sharding.use_mesh(mesh, config)
     self._jit = jax.jit(self._sample, static_argnames=("solver", "guided"))
 
+  @property
+  def programs(self) -> int:
+    """How many sampling programs this sampler has compiled."""
+    return self._jit._cache_size()
+
   def _sample(
     self, params, c: Conditions, grid: jax.Array, key: jax.Array, *, solver: str, guided: tuple[tuple[str, float], ...]
   ) -> tuple[jax.Array, jax.Array]:

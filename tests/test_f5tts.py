@@ -171,8 +171,8 @@ def _f5_dit(
   """DiT.forward(x, cond, text, time, drop_audio_cond, drop_text): the velocity [B, N, mel_dim].
 
   mask bool [B, N]: F5's `mask` argument to F5TTS_v1_Base (attn_mask_enabled False): keys are not
-  masked, the padded queries' attention outputs are zeroed. valid bool [B, N]: padding masked
-  everywhere F5's modules can mask it (attention keys, ConvPositionEmbedding)."""
+  masked, ConvPositionEmbedding is, and the padded queries' attention outputs are zeroed. valid
+  bool [B, N]: padding masked everywhere F5's modules can mask it (attention keys too)."""
   if drop_audio_cond:
     cond = np.zeros_like(cond)
   silu = lambda a: a / (1 + np.exp(-a))
@@ -185,7 +185,8 @@ def _f5_dit(
   h = _linear(sd, "input_embed.proj", np.concatenate([x, cond, text], axis=-1))
   mish = lambda a: a * np.tanh(np.log1p(np.exp(a)))
   conv = "input_embed.conv_pos_embed.conv1d."
-  keep = np.ones(h.shape[:2] + (1,)) if valid is None else valid[..., None]
+  conv_mask = valid if valid is not None else mask  # F5 masks its position convolution given either
+  keep = np.ones(h.shape[:2] + (1,)) if conv_mask is None else conv_mask[..., None]
   pos = mish(_conv1d(h * keep, sd[conv + "0.weight"], sd[conv + "0.bias"], groups=16))
   h = h + keep * mish(_conv1d(pos * keep, sd[conv + "2.weight"], sd[conv + "2.bias"], groups=16))
 
@@ -377,8 +378,9 @@ def test_null_condition_of_the_f5_layout(null):
 
 @pytest.mark.parametrize("attend_padding", [False, True])
 def test_padded_batches(attend_padding):
-  """Ours masks padded frames in attention and the convolutional positions (F5's modules given the
-  mask); F5TTS_v1_Base (attn_mask_enabled False) reads them, which model.attend_padding reproduces.
+  """Ours masks padded frames in attention and the convolutional positions; F5TTS_v1_Base given its
+  mask (attn_mask_enabled False) masks only the latter: its valid frames attend to the padded ones,
+  whose attention outputs it zeroes. model.attend_padding reproduces that.
   In both the text encoder's GRN sums over the padded length, as in F5-TTS."""
   config = _small_config("v1")
   config.model.attend_padding = attend_padding

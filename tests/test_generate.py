@@ -52,11 +52,11 @@ def test_text_to_speech_and_motion(pipe, tmp_path):
   assert ta % 15 == 0 and ta >= np.ceil(6 * pipe.mel_fps / 18.0)
   assert out.motion.shape == (pipe.motion_frames(ta), 61)
   assert out.wav.shape == (ta * 256,) and out.wav.dtype == np.float32
-  compiled = pipe.sampler._jit._cache_size()
+  compiled = pipe.sampler.programs
   again = pipe.text_to_speech("a b c.", seed=1, **FAST)
   np.testing.assert_array_equal(out.mel, again.mel)
   other = pipe.text_to_speech("a b c d.", seed=1, **FAST)  # 60 frames: the same 64-frame bucket
-  assert other.mel.shape[0] == 60 and pipe.sampler._jit._cache_size() == compiled
+  assert other.mel.shape[0] == 60 and pipe.sampler.programs == compiled
   paths = out.save(tmp_path, "abc")
   with np.load(paths["npz"]) as f:
     np.testing.assert_array_equal(f["motion"], out.motion)
@@ -135,7 +135,7 @@ def test_long_form_vocodes_in_windows_of_one_program(pipe, monkeypatch, caplog, 
   assert f"vocoding window {windows} of {windows}: frames" in caplog.text
   other = pipe.text_to_speech("a shorter one, too.", **FAST)
   assert ta > other.mel.shape[0] > 64 and other.wav.shape == (other.mel.shape[0] * 256,)
-  assert pipe.vocoder._fn._cache_size() == 1  # every window of both, the last ones included
+  assert pipe.vocoder.programs == 1  # every window of both, the last ones included
   wav, sr = wav_lib.load_wav(out.save(tmp_path, "long")["wav"])
   assert sr == 24000 and wav.shape == (ta * 256,)
 

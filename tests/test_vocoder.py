@@ -289,8 +289,7 @@ def test_windowed_vocoding_equals_the_whole_signal(kind, vocos_files):
   assert out.shape == reference.shape == (333 * 256,) and np.abs(reference).max() > 0.05
   # Measured max |windowed - whole|: 0.0 (Griffin-Lim, peak 0.89, bit for bit) and 1.4e-7 (Vocos, peak 0.13).
   np.testing.assert_allclose(out, reference, atol=1e-6, rtol=0)
-  program = getattr(windowed._fn, "func", windowed._fn)  # Vocos binds its weights with functools.partial
-  assert program._cache_size() == 1  # every window, the last one included, is the same shape
+  assert windowed.programs == 1  # every window, the last one included, is the same shape
   # The context is what makes it exact: with 6 frames the windows' edges show (measured 0.054 / 0.027).
   short = vocoder.Vocoder(windowed.name, windowed._fn, context=6, window=100)
   assert np.abs(short(log_mel) - reference).max() > 1e-2

@@ -72,6 +72,12 @@ class Vocoder:
     self.name, self.context, self.window = name, context, window
     self._fn = fn  # compiled once per shape
 
+  @property
+  def programs(self) -> int:
+    """How many programs the vocoder has compiled (one per mel length up to `window`)."""
+    program = getattr(self._fn, "func", self._fn)  # Vocos binds its weights with a partial
+    return program._cache_size()
+
   def __call__(self, log_mel: np.ndarray) -> np.ndarray:
     log_mel = np.asarray(log_mel, np.float32)
     if log_mel.ndim not in (2, 3) or log_mel.shape[-1] != mel.N_MELS:

@@ -90,27 +90,23 @@ class JamFlow(nnx.Module):
     self.audio_head = StreamHead(m.audio_width, m.mel_dim, rngs=rngs, dtype=dtype)
     self.motion_head = StreamHead(m.motion_width, m.motion_dim, rngs=rngs, dtype=dtype)
 
-  def read(self, valid: jax.Array) -> jax.Array:
-    """bool [B, T] -> the frames the others read: the valid ones, or with `attend_padding` (F5-TTS's
-    unmasked attention, whose padded queries' outputs are then zeroed: `Tokens.keep`) every frame
-    of a modality that is present."""
-    if not self.attend_padding:
-      return valid
-    return jnp.broadcast_to(jnp.any(valid, axis=1, keepdims=True), valid.shape)
-
   def tokens(self, x: FlowInputs) -> tuple[Tokens, Tokens]:
-    """Per-token (modality, time, valid, RoPE angles) of both streams on one clock."""
+    """Per-token (modality, time, valid, RoPE angles) of both streams on one clock.
+
+    With `attend_padding` (F5-TTS given its mask, attn_mask_enabled False) every frame of a present
+    modality is read as a key and the padded queries' attention outputs are zeroed (`Tokens.keep`)."""
     b, ta = x.audio_valid.shape
     tm = x.motion_valid.shape[1]
     time_a = jnp.broadcast_to(jnp.arange(ta, dtype=jnp.float32), (b, ta))
     time_m = jnp.broadcast_to(jnp.arange(tm, dtype=jnp.float32) * self.motion_step, (b, tm))
-    make = lambda mod, time, valid: Tokens(
-      jnp.full(valid.shape, mod, jnp.int32),
-      time,
-      self.read(valid),
-      rope_angles(time, self.head_dim, self.rope_theta),
-      keep=valid if self.attend_padding else None,
-    )
+
+    def make(mod: int, time: jax.Array, valid: jax.Array) -> Tokens:
+      angles = rope_angles(time, self.head_dim, self.rope_theta)
+      if not self.attend_padding:
+        return Tokens(jnp.full(valid.shape, mod, jnp.int32), time, valid, angles)
+      present = jnp.broadcast_to(jnp.any(valid, axis=1, keepdims=True), valid.shape)
+      return Tokens(jnp.full(valid.shape, mod, jnp.int32), time, present, angles, keep=valid)
+
     return make(AUDIO, time_a, x.audio_valid), make(MOTION, time_m, x.motion_valid)
 
   def embed(self, x: FlowInputs) -> tuple[jax.Array, jax.Array]:
@@ -119,8 +115,8 @@ class JamFlow(nnx.Module):
     text = self.text(x.text, x.text_given)
     ha = self.audio_in(jnp.concatenate([cast(x.audio_xt), cast(x.audio_cond), text], axis=-1))
     hm = self.motion_in(jnp.concatenate([cast(x.motion_xt), cast(x.motion_cond)], axis=-1))
-    ha = self.audio_pos(ha, self.read(x.audio_valid))
-    hm = self.motion_pos(hm, self.read(x.motion_valid))
+    ha = self.audio_pos(ha, x.audio_valid)  # F5-TTS masks its padding here with or without attend_padding
+    hm = self.motion_pos(hm, x.motion_valid)
     return constrain(ha, (BATCH, LENGTH, ACT_EMBED)), constrain(hm, (BATCH, LENGTH, ACT_EMBED))
 
   def __call__(self, x: FlowInputs) -> tuple[jax.Array, jax.Array]:
