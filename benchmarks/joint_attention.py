@@ -1,7 +1,7 @@
 """Joint attention benchmark: forward and forward+backward time per implementation.
 
   python -m benchmarks.joint_attention [--lengths=1024,4096,16384] [--presets=demo,base]
-      [--impls=xla,pallas,cudnn,cudnn_full] [--batch=2] [--runs=10]
+      [--impls=xla,pallas,cudnn,cudnn_full] [--batch=2] [--runs=10] [--json=rows.json]
 
 Tokens are laid out as the model makes them (the audio frames, then the motion frames at 3.75 mel
 frames per motion frame, all valid) with the preset's heads, head_dim, window and compute dtype.
@@ -10,8 +10,9 @@ fraction of key blocks the Pallas kernel visits, and useful TFLOP/s counting all
 pairs only (4 * head_dim FLOPs per pair forward, 2.5x that backward). `x_xla` is the
 forward+backward speed-up over the XLA reference of the same row group. `cudnn_full` is cuDNN
 flash attention with no mask at all: the ceiling the masked kernels are compared with (its useful
-FLOPs count every pair). Rows that cannot run here say why (no GPU for cuDNN; the XLA reference's
-dense B x H x L^2 logits over the memory budget).
+FLOPs count every pair); `x_cudnn_full` is a row's useful fwd+bwd TFLOP/s over that ceiling's.
+Rows that cannot run here say why (no GPU for cuDNN; the XLA reference's dense B x H x L^2 logits
+over the memory budget).
 """
 
 import statistics
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from benchmarks.common import preset_config, print_table, run
+from benchmarks.common import preset_config, report, run
 from jamflow_jax import aot, config as config_lib
 from jamflow_jax.kernels import joint_attention as kernel
 from jamflow_jax.model.attention import joint_attention, joint_mask
@@ -79,7 +80,7 @@ def main(argv):
   del argv
   dev = jax.devices()[0]
   backend = kernel.resolve_backend("auto")
-  print(
+  header = (
     f"backend {jax.default_backend()} ({dev.device_kind}), pallas lowering {backend}, jax {jax.__version__}; "
     f"batch {_BATCH.value}, median of {_RUNS.value} runs"
   )
@@ -116,11 +117,14 @@ def main(argv):
           row["fwd+bwd_TFLOP/s"] = 3.5 * useful / (row["fwd+bwd_ms"] / 1e3) / 1e12
         group.append(row)
       xla = next((r for r in group if r["impl"] == "xla" and "fwd+bwd_ms" in r), None)
+      ceiling = next((r for r in group if r["impl"] == "cudnn_full" and "fwd+bwd_ms" in r), None)
       for row in group:
         if xla and "fwd+bwd_ms" in row:
           row["x_xla"] = xla["fwd+bwd_ms"] / row["fwd+bwd_ms"]
+        if ceiling and "fwd+bwd_ms" in row:
+          row["x_cudnn_full"] = row["fwd+bwd_TFLOP/s"] / ceiling["fwd+bwd_TFLOP/s"]
       rows += group
-  print_table(rows)
+  report(rows, header)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Sampling speed: real-time factor of speech + motion generation per attention backend and guidance.
 
   python -m benchmarks.sampling [--preset=base] [--seconds=10] [--nfe=32] [--impls=xla,pallas,cudnn]
-      [--runs=3] [--vocoder=griffin_lim] [--config=configs/base.py --config.model.dtype=float32 ...]
+      [--runs=3] [--vocoder=griffin_lim] [--json=rows.json] [--config=configs/base.py --config.model.dtype=float32]
 
 The preset's model with random weights (speed does not depend on the values) generates `--seconds`
 of speech with motion at NFE `--nfe` (Euler) under three guidance plans: none (one model call a
@@ -19,7 +19,7 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from benchmarks.common import preset_config, print_table, run
+from benchmarks.common import preset_config, report, run
 from jamflow_jax import config as config_lib, model as model_lib, sharding
 from jamflow_jax.model import attention
 from jamflow_jax.sampling import Conditions, Sampler, SamplerOptions
@@ -114,11 +114,11 @@ def main(argv):
         "rtf": seconds / _SECONDS.value,
       }
     )
-  print(
+  header = (
     f"device: {device.device_kind} ({device.platform}), {jax.device_count()} devices; median of "
     f"{_RUNS.value} runs after a warm-up"
   )
-  print_table(rows)
+  report(rows, header)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ longest joint sequence) gets its own rows unless --noattention. A program that d
 prints RESOURCE_EXHAUSTED in its row, and the table goes on.
 """
 
-import json
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -24,7 +23,7 @@ import jax
 import ml_collections
 from absl import flags
 
-from benchmarks.common import preset_config, print_table, run
+from benchmarks.common import JSON, preset_config, print_table, run, write_json
 from data_pipelines.synthetic import SyntheticBatches
 from jamflow_jax import aot, config as config_lib, flops, model as model_lib
 
@@ -38,7 +37,6 @@ _LAYOUTS = flags.DEFINE_list("layouts", [], "scanned and/or unrolled (model.scan
 _BATCH = flags.DEFINE_integer("batch_size", 0, "global batch size (0 = the preset's)")
 _ATTENTION = flags.DEFINE_bool("attention", True, "also compile joint attention forward + backward alone")
 _SKIP_STEP = flags.DEFINE_bool("skip_train_step", False, "compile joint attention only")
-_JSON = flags.DEFINE_string("json", "", "also write the rows to this file as a JSON list")
 
 
 def _compile(fields: dict, fn) -> dict:
@@ -155,10 +153,9 @@ def _main():
             }
             rows.append(_compile(fields, lambda c=config: _step_row(c, devices, name)))
   print_table([{k: v for k, v in row.items() if k not in ("devices", "kind")} for row in rows])
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump([aot.json_row(row) for row in rows], f, indent=1)
-    print(f"wrote {len(rows)} rows to {_JSON.value}")
+  if JSON.value:
+    write_json(JSON.value, [aot.json_row(row) for row in rows])
+    print(f"wrote {len(rows)} rows to {JSON.value}")
 
 
 if __name__ == "__main__":
