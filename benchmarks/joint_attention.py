@@ -2,6 +2,8 @@
 
   python -m benchmarks.joint_attention [--lengths=1024,4096,16384] [--presets=demo,base]
       [--impls=xla,pallas,cudnn,cudnn_full] [--batch=2] [--runs=10] [--json=rows.json]
+  JAX_PLATFORMS=cpu python -m benchmarks.joint_attention --topology=v5p:2x2x2 --presets=base --lengths=1298
+      --batch=32 --impls=xla,pallas,splash      # ahead-of-time TPU compiles instead (needs jax[tpu])
 
 Tokens are laid out as the model makes them (the audio frames, then the motion frames at 3.75 mel
 frames per motion frame, all valid) with the preset's heads, head_dim, window and compute dtype.
@@ -13,6 +15,13 @@ flash attention with no mask at all: the ceiling the masked kernels are compared
 FLOPs count every pair); `x_cudnn_full` is a row's useful fwd+bwd TFLOP/s over that ceiling's.
 Rows that cannot run here say why (no GPU for cuDNN; the XLA reference's dense B x H x L^2 logits
 over the memory budget).
+
+With --topology nothing runs: forward+backward is compiled for that Cloud TPU slice with --batch per
+chip, and each row gives the per-chip memory of the program (arguments, temporaries) and XLA's cost
+analysis (FLOPs and bytes accessed; Pallas kernels count by their cost estimates). `splash` is JAX's
+splash attention (jax.experimental.pallas.ops.tpu.splash_attention, 128 blocks like ours) with a static
+mask: the joint mask of this layout at this one length, padded to a multiple of 128 (the kernel
+needs whole blocks; padded rows and columns are masked), heads-major [H, L, D] per example (vmap).
 """
 
 import statistics
@@ -22,9 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
+from jax.sharding import PartitionSpec as P
 
 from benchmarks.common import preset_config, report, run
-from jamflow_jax import aot, config as config_lib
+from jamflow_jax import aot, cli, config as config_lib
+from jamflow_jax.axes import DATA
 from jamflow_jax.kernels import joint_attention as kernel
 from jamflow_jax.model.attention import joint_attention, joint_mask
 
@@ -40,6 +51,10 @@ _DENSE_GIB = flags.DEFINE_float(
 )
 _DTYPE = flags.DEFINE_string("dtype", "bfloat16", "q, k, v dtype (cuDNN needs bfloat16)")
 _BLOCKS = flags.DEFINE_list("blocks", [], "pallas block_q,block_k (default: the backend's)")
+_TOPOLOGY = flags.DEFINE_string(
+  "topology", "", "compile for this Cloud TPU slice (v5p:2x2x2, v5p-16, ...) instead of running; --batch per chip"
+)
+_COMPILED_IMPLS = ("xla", "pallas", "splash")
 
 
 def _median_seconds(fn, *args) -> float:
@@ -76,8 +91,58 @@ def _cell(impl: str, q, k, v, tokens, window, options) -> dict:
   return {"fwd_ms": _median_seconds(fwd, q, k, v) * 1e3, "fwd+bwd_ms": _median_seconds(fwd_bwd, q, k, v) * 1e3}
 
 
+def _splash(length: int, heads: int, window: float):
+  """(q, k, v) [B, length, H, D] -> out: JAX's splash attention per example under the joint mask of the
+  model's layout at `length`, run per batch shard of the ambient mesh."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import (
+    splash_attention_kernel as splash,
+    splash_attention_mask as splash_mask,
+  )
+
+  padded = -(-length // 128) * 128
+  mask = np.zeros((padded, padded), bool)
+  mask[:length, :length] = np.asarray(joint_mask(window=window, **aot.joint_tokens(1, length))[0])
+  blocks = splash.BlockSizes(*(128,) * 8)
+  kernel = splash.make_splash_mha_single_device(
+    splash_mask.MultiHeadMask([splash_mask.NumpyMask(mask)] * heads), block_sizes=blocks
+  )
+
+  def per_shard(q, k, v):
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, padded - length), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+    out = jax.vmap(kernel)(pad(q * (q.shape[-1] ** -0.5)), pad(k), pad(v))  # [B, H, padded, D]
+    return out.transpose(0, 2, 1, 3)[:, :length]
+
+  return jax.shard_map(per_shard, in_specs=P(DATA), out_specs=P(DATA), check_vma=False)
+
+
+def _compiled_rows() -> list[dict]:
+  for impl in _IMPLS.value:
+    if impl not in _COMPILED_IMPLS:
+      raise cli.FlagError(f"--impls: {impl!r} does not compile for a topology ({', '.join(_COMPILED_IMPLS)})")
+  rows = []
+  for preset in _PRESETS.value:
+    config = preset_config(preset)
+    h, d = config.model.heads, config.model.head_dim
+    window = config_lib.joint_window_frames(config)
+    for length in (int(x) for x in _LENGTHS.value):
+      for impl in _IMPLS.value:
+        shape = dict(batch_per_chip=_BATCH.value, length=length, heads=h, head_dim=d, window=window, impl=impl)
+        attend = _splash(length, h, window) if impl == "splash" else None
+        row = {"preset": preset, "heads x dim": f"{h}x{d}", "L": length, "impl": impl}
+        try:
+          row.update(aot.compile_attention(_TOPOLOGY.value, **shape, dtype=jnp.dtype(_DTYPE.value), attend=attend))
+        except jax.errors.JaxRuntimeError as e:
+          row["error"] = str(e).strip().splitlines()[0][:120]
+        rows.append(row)
+  return rows
+
+
 def main(argv):
   del argv
+  if _TOPOLOGY.value:
+    header = f"ahead-of-time compiles for {aot.topology_name(_TOPOLOGY.value)}, jax {jax.__version__}; "
+    report(_compiled_rows(), header + f"batch {_BATCH.value} per chip")
+    return
   dev = jax.devices()[0]
   backend = kernel.resolve_backend("auto")
   header = (

@@ -87,6 +87,7 @@ _JSON_NAMES = {
   "temp_GiB": "temp_gib_per_chip",
   "state_GiB": "state_gib_per_chip",
   "xla_TFLOP/dev": "xla_tflop_per_chip",
+  "xla_GB_accessed/dev": "xla_gb_accessed_per_chip",
   "counted_TFLOP/dev": "counted_tflop_per_chip",
 }
 
@@ -114,6 +115,7 @@ def report(compiled, seconds: float) -> dict[str, Any]:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   # Pallas kernels count by their CostEstimate: dense attention FLOPs, an upper bound under skipping.
   row["xla_TFLOP/dev"] = (cost or {}).get("flops", float("nan")) / 1e12
+  row["xla_GB_accessed/dev"] = (cost or {}).get("bytes accessed", float("nan")) / 1e9
   return row
 
 
@@ -138,15 +140,23 @@ def compile_attention(
   window: float,
   impl: str,
   dtype=jnp.bfloat16,
+  attend=None,
 ) -> dict[str, Any]:
   """Compiles joint attention forward + backward (the model's audio-then-motion joint tokens) with
-  the batch over all chips of `topology`; returns the report plus devices and device kind."""
+  the batch over all chips of `topology`; returns the report plus devices and device kind.
+
+  attend: (q, k, v) [B, length, heads, head_dim] -> out, under the mesh over the batch (axis DATA),
+  in place of `joint_attention(impl=impl)` (e.g. another kernel to compare with).
+  """
   devices = topology_devices(topology)
   mesh = jax.make_mesh((len(devices),), (DATA,), devices=devices, axis_types=(jax.sharding.AxisType.Auto,))
   b = batch_per_chip * len(devices)
 
   def loss(q, k, v):
-    out = joint_attention(q, k, v, **joint_tokens(b, length), window=window, impl=impl, backend="mosaic_tpu")
+    if attend:
+      out = attend(q, k, v)
+    else:
+      out = joint_attention(q, k, v, **joint_tokens(b, length), window=window, impl=impl, backend="mosaic_tpu")
     return jnp.sum(out.astype(jnp.float32) ** 2)
 
   x = jax.ShapeDtypeStruct((b, length, heads, head_dim), dtype, sharding=NamedSharding(mesh, P(DATA)))

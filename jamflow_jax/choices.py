@@ -7,7 +7,8 @@ The modules that implement a choice import its tuple from here: `model.attention
 """
 
 ATTENTION_IMPLS = ("xla", "pallas", "cudnn")  # model.attention_impl
-ATTENTION_BACKENDS = ("auto", "triton", "mosaic_tpu", "interpret")  # model.attention_backend
+# model.attention_backend; "interpret" runs the TPU kernels in the Pallas interpreter, "interpret_triton" the GPU ones.
+ATTENTION_BACKENDS = ("auto", "triton", "mosaic_tpu", "interpret", "interpret_triton")
 # The Pallas lowering "auto" resolves to on each JAX platform (others: the interpreter).
 PLATFORM_BACKENDS = {"gpu": "triton", "cuda": "triton", "rocm": "triton", "tpu": "mosaic_tpu"}
 DTYPES = ("float32", "bfloat16")  # model.dtype

@@ -53,7 +53,7 @@ def _base() -> ml_collections.ConfigDict:
   m.joint_layers = tuple(range(1, 22, 2))
   m.joint_window_s = 0.5  # local cross-modal window, seconds either side
   m.attention_impl = "xla"  # xla (dense reference) | pallas (block-sparse kernel) | cudnn (GPU)
-  m.attention_backend = "auto"  # pallas lowering: auto (from the devices) | triton | mosaic_tpu | interpret
+  m.attention_backend = "auto"  # pallas lowering: auto (devices) | triton | mosaic_tpu | interpret | interpret_triton
   m.attention_block_q = 0  # pallas query / key block sizes; 0 = the backend's default
   m.attention_block_k = 0
   # F5TTS_v1_Base's attn_mask_enabled=False: valid frames also attend to the padded frames of their

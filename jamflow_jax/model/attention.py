@@ -77,7 +77,7 @@ class AttentionOptions:
   """How joint attention is computed (not what it computes): `model.attention_*`."""
 
   impl: str = "xla"
-  backend: str = "auto"  # pallas lowering: auto | triton | mosaic_tpu | interpret
+  backend: str = "auto"  # pallas lowering: auto | triton | mosaic_tpu | interpret | interpret_triton
   block_q: int = 0  # pallas block sizes, 0 = the backend's default
   block_k: int = 0
 
