@@ -132,6 +132,7 @@ RANGES = {
   "sample.chars_per_second": "(0, inf)",
   "sample.speed": "(0, inf)",
   "sample.length_bucket": "[1, inf)",
+  "sample.batch_jobs": "[1, inf)",
   "render.size": "[16, inf)",
   "eval.num_examples": "[1, inf)",
   "eval.every_steps": "[0, inf)",

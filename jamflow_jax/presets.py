@@ -151,6 +151,7 @@ def _base() -> ml_collections.ConfigDict:
   s.overlap_s = 1.0  # long form: seconds of the previous chunk each chunk continues
   s.crossfade_s = 0.32  # long form: of the overlap, the end both chunks render and cross-fade
   s.length_bucket = 64  # lengths padded to multiples of this (one compile per bucket)
+  s.batch_jobs = 8  # --jobs: up to this many jobs' model calls of one length bucket share a call (1 = one by one)
   s.use_ema = True  # sample with the EMA weights
   s.video = True  # also write NAME.mp4: the face (render.face_model) speaking NAME.wav
 
