@@ -129,6 +129,8 @@ def _base() -> ml_collections.ConfigDict:
   # step, True skips that update (counted as skipped_steps)
   t.init_from = ""  # F5-TTS checkpoint (.safetensors / .pt): its weights start the audio
   # stream when the workdir has no checkpoint yet
+  t.profile_steps = ""  # "START,END": a jax.profiler trace of steps START..END (1-based, inclusive)
+  # into DIR/tensorboard/plugins/profile/ (process 0; TensorBoard's profile tab or Perfetto)
   t.init_layout = "v1"  # v1 (F5TTS_v1_Base) | base (F5TTS_Base: model.rope_heads=1)
 
   c.checkpoint = k = ml_collections.ConfigDict()
