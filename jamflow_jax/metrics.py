@@ -120,9 +120,11 @@ class StepProfiler:
     self.target = paths.workdir_path(workdir) / "tensorboard"
     self.local = None  # the temporary directory while tracing
 
-  def before(self, step: int) -> None:
-    """Call before step `step` is dispatched."""
+  def before(self, step: int, state) -> None:
+    """Call before step `step` is dispatched: the steps dispatched before it are waited for
+    (`state`), so the trace holds the traced steps' work, not a backlog of earlier ones."""
     if step == self.start and self.start <= self.end:
+      jax.block_until_ready(state)
       self.local = tempfile.mkdtemp(prefix="jamflow_profile_")
       jax.profiler.start_trace(self.local)
 

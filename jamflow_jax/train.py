@@ -337,7 +337,7 @@ def _train(config, workdir, directory, source, validation) -> dict[int, float]:
     for step in range(first + 1, num_steps + 1):
       host_batch = next(source)
       throughput.add(host_batch)
-      profiler.before(step)
+      profiler.before(step, state)
       state, step_metrics = trainer.step(state, trainer.global_batch(host_batch))
       profiler.after(step, state)
       pending.append(step_metrics)
