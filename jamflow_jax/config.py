@@ -132,6 +132,7 @@ RANGES = {
   "sample.chars_per_second": "(0, inf)",
   "sample.speed": "(0, inf)",
   "sample.length_bucket": "[1, inf)",
+  "sample.batch_jobs": "[1, inf)",
   "render.size": "[16, inf)",
   "eval.num_examples": "[1, inf)",
   "eval.every_steps": "[0, inf)",
@@ -213,6 +214,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   _choose("export.dtype", config.export.dtype, choices.DTYPES)
   _choose("export.format", config.export.format, choices.EXPORT_FORMATS)
   check_sampler(config.sample.solver, config.sample.nfe)
+  profile_steps(config)
   unknown = set(config.eval.tasks) - set(tasks.NAMES)
   if unknown or not config.eval.tasks:
     raise ConfigError(f"eval.tasks {tuple(config.eval.tasks)}: choose from {', '.join(tasks.NAMES)}")
@@ -251,6 +253,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None, 
   if platform is not None:
     check_platform(config, platform)
   _validate_init(config)
+
+
+def profile_steps(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """train.profile_steps "START,END" as (START, END), the steps (1-based, inclusive) to trace; "" = None."""
+  value = config.train.profile_steps
+  if value == "":
+    return None
+  try:
+    start, end = (int(x) for x in str(value).split(","))
+  except ValueError:
+    start = end = 0  # not two integers
+  if not 1 <= start <= end:
+    raise ConfigError(f"train.profile_steps={value!r}: give START,END, steps with 1 <= START <= END ('' = none)")
+  return start, end
 
 
 def _choose(key: str, value, options: tuple) -> None:

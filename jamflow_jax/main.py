@@ -237,14 +237,26 @@ def sample(config, workdir: str | None, export_dir: str | None = None) -> None:
   writes = jax.process_index() == 0
   if not writes:
     logging.info("process %d generates alongside process 0, which writes the samples", jax.process_index())
-  for i, (job, where) in enumerate(
-    tqdm(list(zip(jobs, wheres)), desc="samples", unit="sample", disable=len(jobs) == 1 or not writes)
-  ):
-    result = jobs_lib.run_job(pipe, job, where=where, base_dir=base_dir)
-    name = job.get("name") or f"{job['task']}-seed{result.info['seed']}" + (f"-{i}" if len(jobs) > 1 else "")
-    if writes:
-      written = result.save(out_dir, name, face=face, size=config.render.size)
-      logging.info("%s -> %s", where, ", ".join(sorted(written.values())))
+  # Windows of jobs run side by side (Pipeline.run_tasks); outputs are written in job order up to the
+  # first job that fails, whose error ends the run, as one job at a time would.
+  window = 4 * config.sample.batch_jobs
+  with tqdm(total=len(jobs), desc="samples", unit="sample", disable=len(jobs) == 1 or not writes) as progress:
+    for start in range(0, len(jobs), window):
+      outcomes = jobs_lib.run_jobs(
+        pipe,
+        jobs[start : start + window],
+        wheres[start : start + window],
+        base_dir=base_dir,
+        batch=config.sample.batch_jobs,
+      )
+      for i, (job, where, result) in enumerate(zip(jobs[start:], wheres[start:], outcomes), start=start):
+        if isinstance(result, errors.InputError):
+          raise result
+        name = job.get("name") or f"{job['task']}-seed{result.info['seed']}" + (f"-{i}" if len(jobs) > 1 else "")
+        if writes:
+          written = result.save(out_dir, name, face=face, size=config.render.size)
+          logging.info("%s -> %s", where, ", ".join(sorted(written.values())))
+        progress.update()
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

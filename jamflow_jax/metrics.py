@@ -9,6 +9,9 @@ average is exact however the tasks fell in each batch.
 import collections
 import io
 import os
+import pathlib
+import shutil
+import tempfile
 import time
 
 import jax
@@ -18,7 +21,7 @@ from absl import logging
 from etils import epath
 from tensorboardX import SummaryWriter, record_writer
 
-from jamflow_jax import flops, paths
+from jamflow_jax import config as config_lib, flops, paths
 
 
 def reduce_interval(step_metrics: list[dict]) -> dict[str, float]:
@@ -103,6 +106,47 @@ class MetricsLogger:
     if self.active:
       self.writer.close()
     self.bar.close()
+
+
+class StepProfiler:
+  """A jax.profiler trace of the steps train.profile_steps names (those of them this run takes) into
+  DIR/tensorboard/plugins/profile/<run>/ (<host>.xplane.pb for TensorBoard's profile tab or xprof,
+  <host>.trace.json.gz: Chrome trace events, for ui.perfetto.dev); process 0 only. The profiler writes local files: they
+  are traced into a temporary directory and copied through etils.epath (DIR may be a URL)."""
+
+  def __init__(self, config, workdir: str | os.PathLike, first_step: int):
+    steps = config_lib.profile_steps(config) if jax.process_index() == 0 else None
+    self.start, self.end = (max(steps[0], first_step + 1), steps[1]) if steps else (0, -1)
+    self.target = paths.workdir_path(workdir) / "tensorboard"
+    self.local = None  # the temporary directory while tracing
+
+  def before(self, step: int, state) -> None:
+    """Call before step `step` is dispatched: the steps dispatched before it are waited for
+    (`state`), so the trace holds the traced steps' work, not a backlog of earlier ones."""
+    if step == self.start and self.start <= self.end:
+      jax.block_until_ready(state)
+      self.local = tempfile.mkdtemp(prefix="jamflow_profile_")
+      jax.profiler.start_trace(self.local)
+
+  def after(self, step: int, state) -> None:
+    """Call after step `step` is dispatched: the last traced step's work is waited for (`state`)."""
+    if self.local is not None and step == self.end:
+      jax.block_until_ready(state)
+      self.close()
+
+  def close(self) -> None:
+    """Ends a trace in progress (also when the run stops early) and copies it under DIR/tensorboard."""
+    if self.local is None:
+      return
+    jax.profiler.stop_trace()
+    local, self.local = pathlib.Path(self.local), None  # a local directory: pathlib walks it
+    for file in local.rglob("*"):
+      if file.is_file():
+        out = self.target / file.relative_to(local).as_posix()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(file.read_bytes())
+    shutil.rmtree(local)
+    logging.info("profile of steps %d-%d written to %s", self.start, self.end, self.target / "plugins" / "profile")
 
 
 class Throughput:

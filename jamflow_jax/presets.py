@@ -129,6 +129,8 @@ def _base() -> ml_collections.ConfigDict:
   # step, True skips that update (counted as skipped_steps)
   t.init_from = ""  # F5-TTS checkpoint (.safetensors / .pt): its weights start the audio
   # stream when the workdir has no checkpoint yet
+  t.profile_steps = ""  # "START,END": a jax.profiler trace of steps START..END (1-based, inclusive)
+  # into DIR/tensorboard/plugins/profile/ (process 0; TensorBoard's profile tab or Perfetto)
   t.init_layout = "v1"  # v1 (F5TTS_v1_Base) | base (F5TTS_Base: model.rope_heads=1)
 
   c.checkpoint = k = ml_collections.ConfigDict()
@@ -151,6 +153,7 @@ def _base() -> ml_collections.ConfigDict:
   s.overlap_s = 1.0  # long form: seconds of the previous chunk each chunk continues
   s.crossfade_s = 0.32  # long form: of the overlap, the end both chunks render and cross-fade
   s.length_bucket = 64  # lengths padded to multiples of this (one compile per bucket)
+  s.batch_jobs = 8  # --jobs: up to this many jobs' model calls of one length bucket share a call (1 = one by one)
   s.use_ema = True  # sample with the EMA weights
   s.video = True  # also write NAME.mp4: the face (render.face_model) speaking NAME.wav
 

@@ -17,6 +17,7 @@ the batch of the same model call. Frames given as condition are returned as they
 """
 
 import dataclasses
+from collections.abc import Sequence
 
 import einops
 import jax
@@ -178,18 +179,34 @@ class Sampler:
     return self._jit._cache_size()
 
   def _sample(
-    self, params, c: Conditions, grid: jax.Array, key: jax.Array, *, solver: str, guided: tuple[tuple[str, float], ...]
+    self, params, c: Conditions, grid: jax.Array, keys: jax.Array, *, solver: str, guided: tuple[tuple[str, float], ...]
   ) -> tuple[jax.Array, jax.Array]:
+    """keys: [B] PRNG keys, one per row: row b's noise is drawn from keys[b] alone."""
     model = nnx.merge(self.graphdef, params)
-    k_a, k_m = jax.random.split(key)
-    x0 = (jax.random.normal(k_a, c.audio.shape, jnp.float32), jax.random.normal(k_m, c.motion.shape, jnp.float32))
+
+    def noise(key):  # one row's: ([Ta, mel_dim], [Tm, motion_dim])
+      k_a, k_m = jax.random.split(key)
+      return jax.random.normal(k_a, c.audio.shape[1:], jnp.float32), jax.random.normal(
+        k_m, c.motion.shape[1:], jnp.float32
+      )
+
+    x0 = jax.vmap(noise)(keys)
     xa, xm = integrate(guided_velocity(model, c, guided), x0, grid, solver)
     return jnp.where(c.audio_given[..., None], c.audio, xa), jnp.where(c.motion_given[..., None], c.motion, xm)
 
   def __call__(
-    self, c: Conditions, options: SamplerOptions, seed: int, present: dict[str, bool] | None = None
+    self, c: Conditions, options: SamplerOptions, seed: int | Sequence[int], present: dict[str, bool] | None = None
   ) -> tuple[np.ndarray, np.ndarray]:
-    """Host arrays out. `present` says which conditions exist (default: read from `c`)."""
+    """Host arrays out. `present` says which conditions exist (default: read from `c`).
+
+    seed: one per row (an int s: rows get s, s + 1, ...). Row b's noise comes from
+    PRNGKey(seed[b]) alone, so a row samples what it would in a batch of its own whatever its
+    neighbours are (the same values; the arithmetic of a larger batch may round differently).
+    """
+    batch = c.audio.shape[0]
+    seeds = np.arange(seed, seed + batch) if isinstance(seed, (int, np.integer)) else np.asarray(seed)
+    if seeds.shape != (batch,):
+      raise ValueError(f"{seeds.shape[0]} seeds for a batch of {batch}")
     if present is None:
       c_host = jax.device_get(c)
       present = {
@@ -202,7 +219,7 @@ class Sampler:
         self.params,
         c,
         jnp.asarray(time_grid(options)),
-        jax.random.PRNGKey(seed),
+        jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32)),
         solver=options.solver,
         guided=guidance_plan(options, present),
       )

@@ -330,13 +330,16 @@ def _train(config, workdir, directory, source, validation) -> dict[int, float]:
   skip_nonfinite = bool(config.train.skip_nonfinite)
   logger = metrics_lib.MetricsLogger(workdir, num_steps, first)
   throughput = metrics_lib.Throughput(config, trainer.process_rows().size, first)
+  profiler = metrics_lib.StepProfiler(config, workdir, first)
   preemption = Preemption()
   history, pending, losses, unchecked, skipped = {}, [], [], [], 0
   try:
     for step in range(first + 1, num_steps + 1):
       host_batch = next(source)
       throughput.add(host_batch)
+      profiler.before(step, state)
       state, step_metrics = trainer.step(state, trainer.global_batch(host_batch))
+      profiler.after(step, state)
       pending.append(step_metrics)
       losses.append((step, step_metrics["loss"]))
       unchecked.append((step, step_metrics["loss"], step_metrics["grad_norm"]))
@@ -372,6 +375,7 @@ def _train(config, workdir, directory, source, validation) -> dict[int, float]:
         logging.warning("stopped by SIGTERM at step %d, its checkpoint saved; re-run the same command to resume", step)
         break
   finally:  # whatever stops the loop, the checkpoints already started are completed
+    profiler.close()
     preemption.close()
     try:
       ckpt.wait()

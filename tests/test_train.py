@@ -1,3 +1,5 @@
+import gzip
+import json
 import os
 import subprocess
 import sys
@@ -163,3 +165,41 @@ def test_resuming_with_another_model_is_refused(tiny_config, tmp_path):
   tiny_config.model.audio_width = 48
   with pytest.raises(ConfigError, match=r"other model.\* settings \(audio_width: 32 -> 48\)"):
     train.train(tiny_config, str(tmp_path), SyntheticBatches(tiny_config))
+
+
+def test_profile_steps_writes_a_trace_under_tensorboard(tiny_config, tmp_path):
+  tiny_config.train.num_steps = tiny_config.checkpoint.every_steps = 3
+  plain = train.train(tiny_config, str(tmp_path / "plain"), SyntheticBatches(tiny_config))
+  tiny_config.train.profile_steps = "2,3"
+  profiled = train.train(tiny_config, str(tmp_path / "profiled"), SyntheticBatches(tiny_config))
+  assert profiled == plain  # tracing leaves the training as it was
+  runs = list((tmp_path / "profiled" / "tensorboard" / "plugins" / "profile").iterdir())
+  assert len(runs) == 1
+  (xplane,) = runs[0].glob("*.xplane.pb")
+  (trace,) = runs[0].glob("*.trace.json.gz")
+  assert xplane.stat().st_size > 0
+  with gzip.open(trace) as f:
+    events = json.load(f)["traceEvents"]
+  assert sum("Execute (jit__step)" in e.get("name", "") for e in events) >= 2  # the two traced steps
+  assert not (tmp_path / "plain" / "tensorboard" / "plugins").exists()
+
+
+@pytest.mark.parametrize("value", ["5,2", "0,3", "3", "a,b"])
+def test_bad_profile_steps_is_one_line(tmp_path, value):
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "jamflow_jax.main",
+      "--config=configs/base.py:tiny",
+      f"--workdir={tmp_path}",
+      f"--config.train.profile_steps={value}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+    f"config error: train.profile_steps={value!r}: give START,END, steps with 1 <= START <= END ('' = none)"
+  )

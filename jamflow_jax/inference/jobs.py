@@ -111,8 +111,8 @@ def from_flags(values: dict) -> dict:
   return {k: v for k, v in values.items() if k in keys(values["task"])}
 
 
-def run_job(pipe: Pipeline, job: dict, *, where: str = "job", base_dir: str = "") -> Result:
-  """Runs one job; paths relative to base_dir."""
+def _call(job: dict, where: str, base_dir: str) -> tuple[str, dict]:
+  """The job's Pipeline method and its keyword arguments; paths relative to base_dir."""
   check_job(job, where=where)
   method, arguments = JOBS[job["task"]]
   kwargs = {arguments[k]: v for k, v in job.items() if k in arguments and v is not None}
@@ -120,10 +120,29 @@ def run_job(pipe: Pipeline, job: dict, *, where: str = "job", base_dir: str = ""
     if k in arguments and job.get(k) is not None:
       kwargs[arguments[k]] = os.path.join(base_dir, os.path.expanduser(job[k]))
   kwargs.update({k: job[k] for k in OPTION_KEYS if job.get(k) is not None})
+  return method, {"seed": job.get("seed"), **kwargs}
+
+
+def run_job(pipe: Pipeline, job: dict, *, where: str = "job", base_dir: str = "") -> Result:
+  """Runs one job; paths relative to base_dir."""
+  method, kwargs = _call(job, where, base_dir)
   try:
-    return getattr(pipe, method)(seed=job.get("seed"), **kwargs)
+    return getattr(pipe, method)(**kwargs)
   except InputError as e:
     raise InputError(f"{where}: {e}") from e
+
+
+def run_jobs(pipe: Pipeline, jobs: list[dict], wheres: list[str], *, base_dir: str = "", batch: int = 1) -> list:
+  """Runs jobs side by side (`Pipeline.run_tasks`: model calls of similar length share a sampler call
+  of up to `batch` rows); each job's Result, or its InputError naming it (`wheres`), in its place.
+  A job's outputs are those `run_job` gives it alone."""
+  calls = [_call(job, where, base_dir) for job, where in zip(jobs, wheres, strict=True)]
+  steps = [getattr(Pipeline, method).steps(pipe, **kwargs) for method, kwargs in calls]
+  outcomes = pipe.run_tasks(steps, batch)
+  return [
+    InputError(f"{where}: {out}") if isinstance(out, InputError) else out
+    for out, where in zip(outcomes, wheres, strict=True)
+  ]
 
 
 def read_jobs(path: str) -> list[dict]:

@@ -8,11 +8,14 @@ than the trained length run in chunks (`inference.long_form`); the joined mel is
 signal (past the vocoder's window in overlapping windows, `audio.vocoder.WINDOW_FRAMES`).
 """
 
+import collections
 import dataclasses
+import functools
 import json
 import math
 import os
 import time
+from collections.abc import Generator
 
 import jax
 import ml_collections
@@ -37,7 +40,7 @@ from jamflow_jax.inference import inputs, long_form
 from jamflow_jax.inference.result import Result
 from jamflow_jax.motion.spec import MotionSpec
 from jamflow_jax.motion.stats import MotionStats
-from jamflow_jax.sampling import Conditions, Sampler, SamplerOptions
+from jamflow_jax.sampling import Conditions, Sampler, SamplerOptions, guidance_plan
 
 
 @dataclasses.dataclass
@@ -76,6 +79,39 @@ class Clip:
       motion_given=r.motion_given,
       motion_present=bool(r.motion_present),
     )
+
+
+@dataclasses.dataclass
+class Request:
+  """One model call of a task: a clip padded to its length bucket (a batch of one), with its seed."""
+
+  c: Conditions  # numpy arrays, padded: Ta_pad mel frames, Tm_pad = motion_frames(Ta_pad)
+  present: dict[str, bool]  # which conditions the clip gives (text, audio, motion)
+  seed: int
+  options: SamplerOptions
+  frames: tuple[int, int]  # (Ta, Tm) before padding
+
+  @property
+  def key(self) -> tuple:
+    """Requests with equal keys run as rows of one sampler call: padded length, grid and guidance."""
+    o = self.options
+    return (self.c.audio.shape[1], o.solver, o.nfe, o.sway, guidance_plan(o, self.present))
+
+
+def _task(steps):
+  """A task written as a generator of the Requests it needs (each answered with the request's
+  (mel [Ta, mel_dim], motion [Tm, D] normalised)) that returns its Result, as a method running it
+  alone; the generator function stays reachable as `.steps` (for `Pipeline.run_tasks`)."""
+
+  @functools.wraps(steps)
+  def alone(self, *args, **kwargs) -> Result:
+    (outcome,) = self.run_tasks([steps(self, *args, **kwargs)], 1)
+    if isinstance(outcome, InputError):
+      raise outcome
+    return outcome
+
+  alone.steps = steps
+  return alone
 
 
 class Pipeline:
@@ -183,8 +219,8 @@ class Pipeline:
 
   # ---- one model call -----------------------------------------------------------------------------
 
-  def run(self, clip: Clip, seed: int, options: SamplerOptions) -> tuple[np.ndarray, np.ndarray]:
-    """Pads the clip to its length bucket, samples, un-pads: (mel [Ta, 100], motion [Tm, D] normalised)."""
+  def request(self, clip: Clip, seed: int, options: SamplerOptions) -> Request:
+    """The clip padded to its length bucket as a sampler row; InputError if its text does not fit."""
     ta, tm = clip.mel.shape[0], clip.motion.shape[0]
     bucket = self.config.sample.length_bucket
     ta_pad = -(-ta // bucket) * bucket
@@ -216,8 +252,55 @@ class Pipeline:
       "audio": bool(clip.audio_given.any()),
       "motion": bool(clip.motion_present and clip.motion_given.any()),
     }
-    mel, motion = self.sampler(jax.tree.map(np.asarray, c), options, seed, present)
-    return mel[0, :ta], motion[0, :tm]
+    return Request(c, present, seed, options, (ta, tm))
+
+  def sample(self, requests: list[Request], batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(mel [Ta, mel_dim], motion [Tm, D] normalised) per request, un-padded.
+
+    Requests of one padded length and guidance plan (and solver, NFE, sway) share sampler calls of
+    up to `batch` rows, in power-of-two sizes so that a length bucket compiles a few programs. Each
+    row draws its noise from its own seed (`Sampler`): a request gets what it gets alone.
+    """
+    groups = collections.defaultdict(list)
+    for i, r in enumerate(requests):
+      groups[r.key].append(i)
+    out = [None] * len(requests)
+    for members in groups.values():
+      while members:
+        size = 1 << (min(len(members), batch).bit_length() - 1)
+        part, members = members[:size], members[size:]
+        first = requests[part[0]]
+        c = jax.tree.map(lambda *xs: np.concatenate(xs), *(requests[i].c for i in part))
+        mel, motion = self.sampler(c, first.options, [requests[i].seed for i in part], first.present)
+        for row, i in enumerate(part):
+          ta, tm = requests[i].frames
+          out[i] = (mel[row, :ta], motion[row, :tm])
+    return out
+
+  def run(self, clip: Clip, seed: int, options: SamplerOptions) -> tuple[np.ndarray, np.ndarray]:
+    """One model call alone: (mel [Ta, mel_dim], motion [Tm, D] normalised)."""
+    return self.sample([self.request(clip, seed, options)], 1)[0]
+
+  def run_tasks(self, tasks: list[Generator[Request, tuple, Result]], batch: int) -> list[Result | InputError]:
+    """Runs tasks (generators from the task methods' `.steps`) side by side, each one's Result or
+    InputError in its place.
+
+    Every round takes each unfinished task's next request and samples them together (`sample`), so
+    requests of similar length share model calls; a task's outputs are those it gets alone.
+    """
+    outcomes = [None] * len(tasks)
+    answers = dict.fromkeys(range(len(tasks)))  # task -> the answer to its last request (None: start)
+    while answers:
+      requests = {}
+      for i, answer in answers.items():
+        try:
+          requests[i] = tasks[i].send(answer)
+        except StopIteration as stop:
+          outcomes[i] = stop.value
+        except InputError as e:
+          outcomes[i] = e
+      answers = dict(zip(requests, self.sample(list(requests.values()), batch)))
+    return outcomes
 
   def sampler_options(self, overrides: dict) -> SamplerOptions:
     try:
@@ -272,6 +355,7 @@ class Pipeline:
 
   # ---- tasks --------------------------------------------------------------------------------------
 
+  @_task
   def text_to_speech(
     self,
     text: str,
@@ -370,7 +454,7 @@ class Pipeline:
         span_a=np.arange(ta) >= given_a,
         span_m=np.arange(tm) >= given_m,
       )
-      gen_mel, gen_mot = self.run(clip, seed + i, opts)
+      gen_mel, gen_mot = yield self.request(clip, seed + i, opts)
       logging.info("chunk %d of %d: %d + %d frames, %r", i + 1, len(pieces), pre_len, new, piece)
       pm, fm = self.motion_frames(pre_len), self.motion_frames(fade)
       if fade:
@@ -406,6 +490,7 @@ class Pipeline:
     }
     return self._result("text_to_speech", out_mel, out_mot if with_motion else None, info, t0)
 
+  @_task
   def audio_to_motion(
     self, audio, *, text: str | None = None, seed: int | None = None, resample: bool = False, **options
   ) -> Result:
@@ -436,7 +521,7 @@ class Pipeline:
       motion = np.zeros((tm, d), np.float32)
       motion[:pre] = out[m0:done]
       clip = Clip.of("a2m", text=text, mel=mel[s:e], motion=motion, span_m=np.arange(tm) >= pre - fade)
-      _, gen = self.run(clip, seed + i, opts)
+      _, gen = yield self.request(clip, seed + i, opts)
       logging.info("chunk %d of %d: audio frames %d-%d", i + 1, len(starts), s, e)
       if fade:
         out[done - fade : done] = long_form.crossfade(out[done - fade : done], gen[pre - fade : pre])
@@ -452,6 +537,7 @@ class Pipeline:
     }
     return self._result("audio_to_motion", mel, out, info, t0, wav=wav)  # the given audio beside the motion
 
+  @_task
   def dub(self, motion, text: str, *, seed: int | None = None, **options) -> Result:
     """Speech saying `text`, timed to a FLAME motion clip (npz path or array [T, D] un-normalised): task dub."""
     t0, seed, opts = time.perf_counter(), self._seed(seed), self.sampler_options(options)
@@ -467,10 +553,11 @@ class Pipeline:
     clip = Clip.of(
       "dub", text=text, mel=np.zeros((ta, self.config.model.mel_dim), np.float32), motion=self.stats.normalise(raw)
     )
-    mel, gen = self.run(clip, seed, opts)
+    mel, gen = yield self.request(clip, seed, opts)
     info = {"motion": inputs.describe(motion), "text": text, "seed": seed, "options": dataclasses.asdict(opts)}
     return self._result("dub", mel, gen, info, t0, given_motion=(raw, clip.motion_given))
 
+  @_task
   def edit(
     self,
     *,
@@ -531,7 +618,7 @@ class Pipeline:
       span_m=in_span_m,
       motion=self.stats.normalise(mot) if mot is not None else np.zeros((tm, self.config.model.motion_dim), np.float32),
     )
-    out_mel, out_mot = self.run(clip, seed, opts)
+    out_mel, out_mot = yield self.request(clip, seed, opts)
     info = {
       "audio": inputs.describe(audio),
       "motion": inputs.describe(motion),
