@@ -29,7 +29,12 @@ class GRN(nnx.Module):
     self.beta = nnx.Param(jnp.zeros((dim,)), out_sharding=(MLP,))
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    gx = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=1, keepdims=True))
+    """x [B, T, C] -> [B, T, C]; the L2 norm over time of a channel that is all zero (a withheld
+    transcript under text_mask_padding, at a fresh init) is 0 with zero gradient, as PyTorch's norm
+    gives: sqrt's derivative at 0 is infinite, and 0 x inf would make every gradient NaN."""
+    sumsq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=1, keepdims=True)
+    nonzero = sumsq > 0
+    gx = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sumsq, 1.0)), 0.0)
     nx = gx / (jnp.mean(gx, axis=-1, keepdims=True) + 1e-6)
     return (self.gamma[...] * (x * nx) + self.beta[...] + x).astype(x.dtype)
 
