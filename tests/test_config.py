@@ -42,6 +42,10 @@ def test_motion_frames_follow_the_contract():
     (lambda c: setattr(c.model, "attention_backend", "cuda"), "model.attention_backend='cuda'; available: auto"),
     (lambda c: setattr(c.model, "attention_block_q", 24), "model.attention_block_q=24 must be 0"),
     (lambda c: setattr(c.flow, "span_min", 0.0), "flow.span_min=0.0"),
+    *(
+      (lambda c, v=v: setattr(c.train, "profile_steps", v), f"train.profile_steps={v!r}: give START,END")
+      for v in ("5,2", "0,3", "3", "a,b")
+    ),
   ],
 )
 def test_bad_configs_fail_with_a_clear_message(override, message):
@@ -67,6 +71,10 @@ def test_unknown_preset():
     (
       ["--config=configs/base.py:tiny", "--config.data.path=/nowhere"],
       "config error: data.path='/nowhere': /nowhere is not a jamflow corpus",
+    ),
+    (
+      ["--config=configs/base.py:tiny", "--config.train.profile_steps=5,2"],
+      "config error: train.profile_steps='5,2': give START,END, steps with 1 <= START <= END ('' = none)",
     ),
   ],
 )
