@@ -301,7 +301,8 @@ def main(argv):
   for section in (s for s in SECTIONS if s in _SECTIONS.value):
     print(f"[{section}] ...", flush=True)
     if section == "f5":
-      impls = "xla,pallas" + (",cudnn" if device["platform"] == "gpu" else "")
+      # Interpreted Pallas (no GPU or TPU) is no speed figure: the CPU side by side is xla's.
+      impls = {"gpu": "xla,pallas,cudnn", "tpu": "xla,pallas"}.get(device["platform"], "xla")
       ours_argv, shapes = _ours_f5(quick, impls)
       ours = [{**r, "framework": "ours"} for r in _run_rows(ours_argv, env, _TIMEOUT.value)]
       python = f5_python() or (install_f5() if _F5_INSTALL.value else None)

@@ -41,7 +41,7 @@ def test_quick_suite_rows_and_ratios(tmp_path):
   assert attention["xla"]["x_xla"] == 1.0 and attention["pallas"]["x_xla"] > 0
   assert attention["pallas"]["fwd+bwd_ms"] > 0 and 0 < attention["pallas"]["blocks_visited"] <= 1
   ours = [r for r in rows if r["section"] == "f5" and r["framework"] == "ours"]
-  assert {r["impl"] for r in ours} == {"xla", "pallas"} and all(r["step_ms"] > 0 for r in ours)
+  assert [r["impl"] for r in ours] == ["xla"] and ours[0]["step_ms"] > 0  # interpreted pallas is no speed figure
   assert all(r["dtype"] == "float32" and r["batch"] == 2 and r["frames"] == 64 for r in ours)
   theirs = [r for r in rows if r["section"] == "f5" and r["framework"] == "f5-tts"]
   if "step_ms" in theirs[0]:  # torch and f5-tts importable here: the ratio is computed
