@@ -2,7 +2,7 @@
 
   python -m benchmarks.device_suite [--json=suite.json] [--sections=train,f5,attention,sampling]
       [--quick] [--f5_python=PATH | --f5_install [--f5_wheels=DIR]] [--train_batch=32]
-      [--vocoder=griffin_lim|PATH] [--timeout_s=300]
+      [--f5_set=KEY=VALUE ... --f5_shape=BATCHxFRAMES] [--vocoder=griffin_lim|PATH] [--timeout_s=300]
 
 Sections (each runs the benchmark script named, in its own process, so a section that crashes or
 runs out of memory is a row saying why and the suite goes on):
@@ -12,6 +12,8 @@ runs out of memory is a row saying why and the suite goes on):
   f5         ours vs F5-TTS's own PyTorch train step at the same config (the f5 preset's Audio-DiT,
              the tts task only, same batch and frames): benchmarks.train_step beside
              benchmarks.f5_train_step run by a Python that has torch and f5-tts; ours / theirs.
+             --f5_set / --f5_shape set another config for both sides, e.g. on a CPU:
+             --sections=f5 --f5_set=audio_width=256 --f5_set=depth=4 --f5_set=heads=4 ...
   attention  benchmarks.joint_attention: L 1k / 4k / 16k, demo and base heads, xla / pallas /
              cudnn / cudnn_full (no mask: the ceiling), with x_xla and x_cudnn_full.
   sampling   benchmarks.sampling: 10 s of speech + motion at NFE 32, guidance none / text / all
@@ -30,6 +32,7 @@ wheels in --f5_wheels (`pip download f5-tts==1.1.22 -d DIR` on a machine that ha
 Compiled programs are cached under the same directory, so a rerun skips the compiles.
 """
 
+import ast
 import json
 import os
 import subprocess
@@ -51,6 +54,11 @@ _QUICK = flags.DEFINE_bool("quick", None, "small shapes (default: on when JAX fi
 _F5_PYTHON = flags.DEFINE_string("f5_python", "", "a Python with torch and f5-tts for the F5-TTS row")
 _F5_INSTALL = flags.DEFINE_bool("f5_install", False, "make the side environment with torch and f5-tts if missing")
 _F5_WHEELS = flags.DEFINE_string("f5_wheels", "", "install f5-tts offline from the wheels in this directory")
+_F5_SET = flags.DEFINE_multi_string(
+  "f5_set", [], "KEY=VALUE model setting of the f5 row over the f5 preset, e.g. --f5_set=depth=4 (both sides)"
+)
+_F5_SHAPE = flags.DEFINE_string("f5_shape", "", "BATCHxFRAMES of the f5 row, e.g. 8x256")
+_F5_STEPS = flags.DEFINE_integer("f5_steps", 0, "timed steps of each f5 row (0: 10, 2 in quick mode)")
 _TRAIN_BATCH = flags.DEFINE_integer("train_batch", 32, "global batch of the train and f5 rows (full mode)")
 _VOCODER = flags.DEFINE_string("vocoder", "griffin_lim", "the sampling section's vocoder (a Vocos checkpoint path)")
 _TIMEOUT = flags.DEFINE_integer("timeout_s", 300, "seconds a section may run before it is stopped")
@@ -160,25 +168,41 @@ def _bench_vocab(size: int) -> Path:
   return path
 
 
-def _ours_f5(quick: bool, impls: str) -> tuple[list[str], dict]:
-  """Our train step on the f5 preset's Audio-DiT, tts only -> (argv, the shapes F5-TTS must match)."""
+def _ours_f5(quick: bool, platform: str, impls: str) -> tuple[list[str], dict]:
+  """Our train step on the f5 preset's Audio-DiT, tts only -> (argv, the shapes F5-TTS must match).
+
+  Model settings: the f5 preset, a small one in quick mode, then --f5_set; batch and frames from
+  --f5_shape (default: --train_batch x the preset's frames; 2 x 64 in quick mode)."""
   from jamflow_jax import presets
 
   config = presets.get_config("f5")
-  if quick:
-    config.model.update(_QUICK_F5)
+  model = {**_QUICK_F5, "joint_layers": (1,)} if quick else {}
+  for item in _F5_SET.value:
+    key, _, value = item.partition("=")
+    try:
+      model[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      raise cli.FlagError(f"--f5_set={item}: give a model key and a Python literal, e.g. depth=4") from None
+  try:
+    config.model.update(model)
+  except (KeyError, AttributeError, TypeError) as e:
+    raise cli.FlagError(f"--f5_set: {e}") from None
   m = config.model
   batch, frames = (2, 64) if quick else (_TRAIN_BATCH.value, config.data.max_mel_frames)
+  if _F5_SHAPE.value:
+    try:
+      batch, frames = (int(x) for x in _F5_SHAPE.value.lower().split("x"))
+    except ValueError:
+      raise cli.FlagError(f"--f5_shape={_F5_SHAPE.value}: give BATCHxFRAMES, e.g. 8x256") from None
+  # F5-TTS's side autocasts to bf16 on a GPU and stays in f32 on a CPU: the same here.
+  dtype = "float32" if platform == "cpu" else "bfloat16"
   overrides = {
     **{f"flow.task_mix.{task}": float(task == "tts") for task in config.flow.task_mix},
     "model.text_vocab": _bench_vocab(m.text_vocab_size),
     "data.max_mel_frames": frames,
-    # F5-TTS's side autocasts to bf16 on a GPU and stays in f32 on a CPU: the same here.
-    "model.dtype": "float32" if quick else "bfloat16",
+    "model.dtype": dtype,
+    **{f"model.{k}": v for k, v in model.items()},
   }
-  if quick:
-    overrides.update({f"model.{k}": v for k, v in _QUICK_F5.items()})
-    overrides["model.joint_layers"] = "(1,)"
   shapes = {
     "dim": m.audio_width,
     "depth": m.depth,
@@ -190,13 +214,14 @@ def _ours_f5(quick: bool, impls: str) -> tuple[list[str], dict]:
     "vocab_size": m.text_vocab_size,
     "batch": batch,
     "frames": frames,
-    "dtype": overrides["model.dtype"],
+    "dtype": dtype,
+    "steps": _F5_STEPS.value or (2 if quick else 10),
   }
   argv = _benchmark(
     "train_step",
     "--presets=f5",
     f"--impls={impls}",
-    f"--steps={2 if quick else 10}",
+    f"--steps={shapes['steps']}",
     f"--batch_size={batch}",
     "--config=configs/base.py:f5",
     *(f"--config.{k}={v}" for k, v in overrides.items()),
@@ -303,13 +328,13 @@ def main(argv):
     if section == "f5":
       # Interpreted Pallas (no GPU or TPU) is no speed figure: the CPU side by side is xla's.
       impls = {"gpu": "xla,pallas,cudnn", "tpu": "xla,pallas"}.get(device["platform"], "xla")
-      ours_argv, shapes = _ours_f5(quick, impls)
+      ours_argv, shapes = _ours_f5(quick, device["platform"], impls)
       ours = [{**r, "framework": "ours"} for r in _run_rows(ours_argv, env, _TIMEOUT.value)]
       python = f5_python() or (install_f5() if _F5_INSTALL.value else None)
       if python is None:
         theirs = [{"note": "needs torch and f5-tts: --f5_python=PATH, or --f5_install for a side environment"}]
       else:
-        args = [f"--{k}={v}" for k, v in shapes.items()] + [f"--steps={2 if quick else 10}"]
+        args = [f"--{k}={v}" for k, v in shapes.items()]
         theirs = _run_rows([python, "-m", "benchmarks.f5_train_step", *args], env, _TIMEOUT.value)
       theirs = [{"framework": "f5-tts", **r} for r in theirs]
       f5_ms = next((r["step_ms"] for r in theirs if r.get("step_ms")), None)
