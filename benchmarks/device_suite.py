@@ -44,7 +44,7 @@ from pathlib import Path
 from absl import flags
 
 from benchmarks.common import JSON, print_table, run, write_json
-from jamflow_jax import cli
+from jamflow_jax import cli, presets
 
 SECTIONS = ("train", "f5", "attention", "sampling")
 F5_TTS = "f5-tts==1.1.22"
@@ -173,8 +173,6 @@ def _ours_f5(quick: bool, platform: str, impls: str) -> tuple[list[str], dict]:
 
   Model settings: the f5 preset, a small one in quick mode, then --f5_set; batch and frames from
   --f5_shape (default: --train_batch x the preset's frames; 2 x 64 in quick mode)."""
-  from jamflow_jax import presets
-
   config = presets.get_config("f5")
   model = {**_QUICK_F5, "joint_layers": (1,)} if quick else {}
   for item in _F5_SET.value:

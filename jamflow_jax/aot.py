@@ -93,9 +93,8 @@ _JSON_NAMES = {
 
 
 def json_row(row: dict[str, Any]) -> dict[str, Any]:
-  """A report row with JSON names (mem_gib_per_chip, ...); NaN becomes null."""
-  clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v
-  return {_JSON_NAMES.get(k, k): clean(v) for k, v in row.items()}
+  """A report row with JSON names (mem_gib_per_chip, ...); benchmarks.common.write_json writes NaN as null."""
+  return {_JSON_NAMES.get(k, k): v for k, v in row.items()}
 
 
 def report(compiled, seconds: float) -> dict[str, Any]:

@@ -101,11 +101,11 @@ class JamFlow(nnx.Module):
     time_m = jnp.broadcast_to(jnp.arange(tm, dtype=jnp.float32) * self.motion_step, (b, tm))
 
     def make(mod: int, time: jax.Array, valid: jax.Array) -> Tokens:
-      angles = rope_angles(time, self.head_dim, self.rope_theta)
+      modality, angles = jnp.full(valid.shape, mod, jnp.int32), rope_angles(time, self.head_dim, self.rope_theta)
       if not self.attend_padding:
-        return Tokens(jnp.full(valid.shape, mod, jnp.int32), time, valid, angles)
+        return Tokens(modality, time, valid, angles)
       present = jnp.broadcast_to(jnp.any(valid, axis=1, keepdims=True), valid.shape)
-      return Tokens(jnp.full(valid.shape, mod, jnp.int32), time, present, angles, keep=valid)
+      return Tokens(modality, time, present, angles, keep=valid)
 
     return make(AUDIO, time_a, x.audio_valid), make(MOTION, time_m, x.motion_valid)
 
